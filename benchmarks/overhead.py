@@ -1,0 +1,110 @@
+"""What does running a config as a raytune_ctr trial cost over plain PyTorch?
+
+Runs one configuration three ways, in one process, one after another:
+  examples  the pytorch/examples MNIST loop: DataLoader over the same tensors, fp32
+  plain     raytune_ctr's own loop (`train.fit`) with no Ray at all
+  trial     a one-trial raytune_ctr sweep: Ray Tune trial -> TorchTrainer, 1 worker
+and prints the steady-state epoch-time ratios (epochs 2..N) and the fixed cost a
+trial adds (sweep wall time minus its training and evaluation passes).
+
+    python benchmarks/overhead.py [--dataset fashion-mnist] [--epochs 3] [--threads 2]
+Goal: trial / plain <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from raytune_ctr import data, models, tuner
+from raytune_ctr import spec as spec_lib
+from raytune_ctr.train import fit
+
+
+def examples_loop(ds, args) -> list[float]:
+    """pytorch/examples/mnist/main.py's train(): DataLoader, shuffle, one step per batch."""
+    torch.manual_seed(1)
+    model = models.build("mnist_cnn", ds.input_shape, ds.num_classes)
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ds.train.x, ds.train.y),
+                                         batch_size=args.batch_size, shuffle=True)
+    times = []
+    for _ in range(args.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        for x, y in loader:
+            opt.zero_grad()
+            loss = F.nll_loss(model(x), y)
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+        sched.step()
+    return times
+
+
+def steady(times: list[float]) -> float:
+    return statistics.mean(times[1:] if len(times) > 1 else times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    spec = spec_lib.from_dict({
+        "name": "overhead",
+        "data": {"dataset": args.dataset},
+        "train": {"model": "mnist_cnn", "epochs": args.epochs, "batch_size": args.batch_size,
+                  "optimizer": "adadelta", "lr": 1.0, "lr_schedule": "step", "gamma": 0.7},
+        "resources": {"num_workers": 1, "cpus_per_worker": float(args.threads),
+                      "threads_per_worker": args.threads},
+        "search": {"method": "grid"},
+    })
+    ds = data.load(spec.data)
+    ex = examples_loop(ds, args)
+    plain = [m["epoch_time_s"] for m in fit(spec.data, spec.train)]
+
+    tuner.init_ray(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "overhead"
+        run_dir.mkdir()
+        spec_lib.dump(spec, run_dir / "spec.yaml")
+        t0 = time.perf_counter()
+        df = tuner.run_sweep(spec, run_dir, concurrency=1)
+        wall = time.perf_counter() - t0
+    assert (df["status"] == "COMPLETED").all(), df[["status", "error"]]
+    trial = df["epoch_time_s"].tolist()
+    fixed = wall - df["epoch_time_s"].sum() - df["eval_time_s"].sum()
+
+    out = {
+        "dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
+        "threads": args.threads,
+        "examples_s_per_epoch": steady(ex), "plain_s_per_epoch": steady(plain),
+        "trial_s_per_epoch": steady(trial),
+        "ratio_trial_vs_plain": steady(trial) / steady(plain),
+        "ratio_trial_vs_examples": steady(trial) / steady(ex),
+        "trial_fixed_cost_s": fixed, "trial_setup_s": float(df["setup_time_s"].iloc[0]),
+        "trial_test_acc": float(df["test_acc"].iloc[-1]),
+        "epoch_times": {"examples": ex, "plain": plain, "trial": trial},
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(out, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

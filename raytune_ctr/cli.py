@@ -1,0 +1,111 @@
+"""Command line: `raytune-ctr sweep` (also `python experiments/sweep.py`) and
+`raytune-ctr report DIR`.
+
+Exit codes: 0 done, 1 every trial failed, 2 bad input (one line on stderr,
+nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from raytune_ctr import report
+from raytune_ctr import spec as spec_lib
+from raytune_ctr.data import DataError
+from raytune_ctr.spec import SpecError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "quickstart.yaml"
+log = logging.getLogger("raytune_ctr")
+
+
+def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run one study: a Ray Tune sweep of Ray "
+                                "Train trials, then write the trade-off report.")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="study YAML (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help="two configs, 1 epoch, 512 samples")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (e.g. auto, ray://host:10001); default: start one here")
+    p.add_argument("--storage-path", default="results", help="parent of results folders")
+    p.add_argument("--name", default=None, help="results folder name (default: <spec name>-<time>)")
+    p.add_argument("--target-acc", type=float, default=None,
+                   help="accuracy (%%) the report's answer asks for; overrides report.target_acc")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray worker logs")
+    return p
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from raytune_ctr import tuner
+
+    try:
+        spec = spec_lib.load(args.config)
+        if args.target_acc is not None:
+            spec = spec_lib.from_dict(spec.to_dict() | {
+                "report": spec.to_dict()["report"] | {"target_acc": args.target_acc}})
+        if args.smoke:
+            spec = tuner.smoke(spec)
+        name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if "/" in name or name in ("", ".", ".."):
+            raise SpecError("--name", "must be a plain folder name", name)
+        run_dir = Path(args.storage_path).expanduser().resolve() / name
+        if run_dir.exists():
+            raise SpecError("--name", f"results folder {run_dir} already exists; "
+                            "choose another --name (nothing was overwritten)", name)
+        tuner.init_ray(args.address, verbose=args.verbose)
+        concurrency = tuner.plan(spec)
+        source = tuner.prepare_data(spec)
+    except (SpecError, DataError) as err:
+        return _fail(str(err))
+    log.info("data: %s; running up to %d trials at once", source, concurrency)
+    run_dir.mkdir(parents=True)
+    spec_lib.dump(spec, run_dir / "spec.yaml")
+    df = tuner.run_sweep(spec, run_dir, concurrency=concurrency)
+    path = report.build(run_dir)
+    statuses = df.groupby("trial_index")["status"].first()
+    print(f"\nreport: {path}\n{report.fastest_reaching(report.label_trials(df, spec), spec.report.target_acc)}")
+    if (statuses == "FAILED").all():
+        return _fail(f"all {len(statuses)} trials failed; see {path}", 1)
+    return 0
+
+
+def report_cmd(args: argparse.Namespace) -> int:
+    try:
+        path = report.build(Path(args.dir))
+    except (FileNotFoundError, SpecError) as err:
+        return _fail(str(err))
+    print(path)
+    return 0
+
+
+def sweep_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return sweep(sweep_parser(prog).parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="raytune-ctr")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sweep", parents=[sweep_parser()], add_help=False,
+                       help="run a study and write its report")
+    s.set_defaults(fn=sweep)
+    r = sub.add_parser("report", help="rebuild report.md and plots from a results folder")
+    r.add_argument("dir")
+    r.set_defaults(fn=report_cmd)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+__all__ = ["main", "sweep_main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Datasets: one registry, prepared once per node, batched the same way for every model.
+
+Small sets (digits, MNIST, Fashion-MNIST, synthetic) are decoded into tensors
+once and batched by indexing, with no DataLoader; on-disk image folders go
+through a DataLoader with a DistributedSampler. Either way each Train worker
+sees its own shard, the same size on every rank, so DDP steps stay in lockstep.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch.utils.data import Dataset
+
+from raytune_ctr.spec import DataSpec, SpecError
+
+log = logging.getLogger(__name__)
+
+# Debian's dataset-fashion-mnist package; looked at after data_dir.
+SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
+               "mnist": [Path("/usr/share/datasets/mnist")]}
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# Per-channel mean/std from pytorch/examples (MNIST) and the Fashion-MNIST training set.
+NORMALIZE = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be found, fetched or read; the message is one line."""
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    test: Dataset
+    input_shape: tuple[int, int, int]  # C, H, W
+    num_classes: int
+    source: str  # where the data came from, for the report
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, TensorSet)
+
+
+class TensorSet(Dataset):
+    """Images and labels held as tensors; batched by indexing (see `batches`)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        assert len(x) == len(y)
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+REGISTRY: dict[str, Callable[[DataSpec], Datasets]] = {}
+SHAPES: dict[str, Callable[[DataSpec], tuple[int, int, int] | None]] = {}
+
+
+def register(name: str, shape: Callable[[DataSpec], tuple[int, int, int] | None]):
+    def wrap(fn):
+        REGISTRY[name], SHAPES[name] = fn, shape
+        return fn
+
+    return wrap
+
+
+def input_shape(spec: DataSpec) -> tuple[int, int, int] | None:
+    """The (C, H, W) a dataset yields, known without loading it (None if unknown)."""
+    check(spec)
+    return SHAPES[spec.dataset](spec)
+
+
+def check(spec: DataSpec) -> None:
+    if spec.dataset not in REGISTRY:
+        raise SpecError("data.dataset", f"unknown dataset; one of {sorted(REGISTRY)}", spec.dataset)
+
+
+def load(spec: DataSpec) -> Datasets:
+    """Load (and on first use on this node, fetch) a dataset. Safe to call from many workers."""
+    check(spec)
+    root = Path(spec.data_dir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    # One fetch per node: concurrent workers wait on the lock, then find the files.
+    with FileLock(str(root / f".{spec.dataset}.lock")):
+        ds = REGISTRY[spec.dataset](spec)
+    if spec.subset and spec.subset < len(ds.train):
+        ds.train = _head(ds.train, spec.subset)
+    return ds
+
+
+def _head(ds: Dataset, n: int) -> Dataset:
+    if isinstance(ds, TensorSet):
+        return TensorSet(ds.x[:n], ds.y[:n])
+    return torch.utils.data.Subset(ds, range(n))
+
+
+# --- registry entries -------------------------------------------------------
+
+
+@register("digits", lambda s: (1, 8, 8))
+def _digits(spec: DataSpec) -> Datasets:
+    """scikit-learn's bundled 8x8 handwritten digits: offline, the embedded default.
+
+    The split tensors are cached in data_dir: importing scikit-learn costs each
+    fresh Train worker about a second, more than an epoch of this set.
+    """
+    cache = Path(spec.data_dir).expanduser() / "digits.pt"
+    if cache.is_file():
+        t = torch.load(cache)
+        return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), (1, 8, 8), 10, str(cache))
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    # A fixed split (not the trial's seed) so every trial is tested on the same images.
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    mean, std = xtr.mean(), xtr.std()
+
+    def t(a, b):
+        xs = torch.tensor((a - mean) / std, dtype=torch.float32).view(-1, 1, 8, 8)
+        return TensorSet(xs, torch.tensor(b, dtype=torch.long))
+
+    train, test = t(xtr, ytr), t(xte, yte)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"train": (train.x, train.y), "test": (test.x, test.y)}, tmp)
+    tmp.replace(cache)  # atomic: another node process never reads half a file
+    return Datasets(train, test, (1, 8, 8), 10, "sklearn.datasets.load_digits")
+
+
+@register("synthetic", lambda s: (s.channels, s.image_size or 32, s.image_size or 32))
+def _synthetic(spec: DataSpec) -> Datasets:
+    """Random images and labels of a given shape, for throughput runs (accuracy is chance)."""
+    size = spec.image_size or 32
+    g = torch.Generator().manual_seed(0)
+    n_test = max(spec.num_samples // 8, 1)
+
+    def t(n):
+        return TensorSet(torch.randn(n, spec.channels, size, size, generator=g),
+                         torch.randint(0, spec.num_classes, (n,), generator=g))
+
+    return Datasets(t(spec.num_samples), t(n_test), (spec.channels, size, size),
+                    spec.num_classes, "synthetic")
+
+
+def _idx_source(name: str, spec: DataSpec) -> Path | None:
+    """The first folder holding the four IDX files (gzipped or raw)."""
+    root = Path(spec.data_dir).expanduser()
+    tv = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
+    for d in [root, root / name, root / tv / "raw", *SYSTEM_DIRS.get(name, [])]:
+        if all(_idx_path(d, f) for f in IDX_FILES):
+            return d
+    return None
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    for p in (folder / stem, folder / f"{stem}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzipped or raw, checking its length."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot be read ({err}); delete it and fetch it again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    want = int(np.prod(dims))
+    body = len(raw) - 4 - 4 * ndim
+    if body != want:
+        raise DataError(f"{path}: truncated or corrupt: header says {want} bytes of data, "
+                        f"file has {body}; delete it and fetch it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _download_idx(name: str, spec: DataSpec) -> Path:
+    """Fetch through torchvision into data_dir; on failure say where we looked and what to do."""
+    from torchvision import datasets
+
+    root = Path(spec.data_dir).expanduser()
+    cls = datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST
+    looked = [str(root), *(str(d) for d in SYSTEM_DIRS.get(name, []))]
+    hint = ("apt-get install dataset-fashion-mnist, or " if name == "fashion-mnist" else "")
+    if not spec.download:
+        raise DataError(f"dataset {name!r}: no IDX files in {looked} and data.download is false; "
+                        f"{hint}put the four IDX files in {root}")
+    try:
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except Exception as err:  # torchvision raises RuntimeError/URLError when offline
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"dataset {name!r}: no IDX files in {looked} and the download failed "
+                        f"({reason}); {hint}put the four IDX files (.gz or raw) in {root}, "
+                        "or set data.data_dir") from None
+    return root / cls.__name__ / "raw"
+
+
+def _idx_dataset(name: str):
+    def loader(spec: DataSpec) -> Datasets:
+        folder = _idx_source(name, spec) or _download_idx(name, spec)
+        xtr, ytr, xte, yte = (read_idx(_idx_path(folder, f)) for f in IDX_FILES)
+        mean, std = NORMALIZE[name]
+
+        def t(x, y):
+            xs = (torch.from_numpy(x.copy()).float().div_(255).sub_(mean).div_(std)).unsqueeze(1)
+            return TensorSet(xs, torch.from_numpy(y.astype(np.int64)))
+
+        return Datasets(t(xtr, ytr), t(xte, yte), (1, 28, 28), 10, str(folder))
+
+    return loader
+
+
+register("mnist", lambda s: (1, 28, 28))(_idx_dataset("mnist"))
+register("fashion-mnist", lambda s: (1, 28, 28))(_idx_dataset("fashion-mnist"))
+
+
+class _Listed(Dataset):
+    """(path, label) pairs read with torchvision's image loader."""
+
+    def __init__(self, samples, transform):
+        from torchvision.datasets.folder import default_loader
+
+        self.samples, self.transform, self.loader = samples, transform, default_loader
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.transform(self.loader(path)), label
+
+
+@register("imagefolder", lambda s: (3, s.image_size, s.image_size) if s.image_size else None)
+def _imagefolder(spec: DataSpec) -> Datasets:
+    """Class-per-folder images in the tiny-imagenet-200 layout.
+
+    train/<class>/[images/]*.JPEG, and either val/<class>/... or tiny-imagenet's
+    val/images + val/val_annotations.txt.
+    """
+    from torchvision import datasets, transforms
+
+    root = Path(spec.data_dir).expanduser()
+    if not (root / "train").is_dir():
+        raise DataError(f"dataset 'imagefolder': no train/ folder in {root}; set data.data_dir to "
+                        "a folder in the tiny-imagenet-200 layout (train/<class>/..., val/...)")
+    steps = [transforms.Resize((spec.image_size, spec.image_size))] if spec.image_size else []
+    tf = transforms.Compose([*steps, transforms.ToTensor(),
+                             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    train = datasets.ImageFolder(str(root / "train"), transform=tf)
+    ann = root / "val" / "val_annotations.txt"
+    if ann.is_file():
+        rows = [line.split("\t")[:2] for line in ann.read_text().splitlines() if line.strip()]
+        samples = [(str(root / "val" / "images" / f), train.class_to_idx[c]) for f, c in rows]
+        test = _Listed(samples, tf)
+    else:
+        test = datasets.ImageFolder(str(root / "val"), transform=tf)
+    x0, _ = train[0]
+    return Datasets(train, test, tuple(x0.shape), len(train.classes), str(root))
+
+
+# --- batching ---------------------------------------------------------------
+
+
+def shard_indices(n: int, rank: int, world: int, *, seed: int | None, pad: bool) -> torch.Tensor:
+    """This rank's sample indices: a seeded permutation (or identity), padded so that
+    every rank gets the same count when `pad`, like DistributedSampler."""
+    if seed is None:
+        idx = torch.arange(n)
+    else:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if pad and n % world:
+        idx = torch.cat([idx, idx[: world - n % world]])
+    return idx[rank::world]
+
+
+def batches(ds: Dataset, batch_size: int, *, rank: int = 0, world: int = 1,
+            seed: int | None = None, train: bool = True, device: torch.device | None = None,
+            loader_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) batches of this rank's shard, on `device`.
+
+    `seed` None means no shuffling (evaluation). Training shards are padded so all
+    ranks take the same number of steps; evaluation shards are not, so every test
+    image counts exactly once.
+    """
+    device = device or torch.device("cpu")
+    idx = shard_indices(len(ds), rank, world, seed=seed, pad=train)
+    if isinstance(ds, TensorSet):
+        for i in range(0, len(idx), batch_size):
+            b = idx[i : i + batch_size]
+            yield (ds.x[b].to(device, non_blocking=True), ds.y[b].to(device, non_blocking=True))
+        return
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size,
+        num_workers=loader_workers, pin_memory=device.type == "cuda",
+        persistent_workers=False)
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def timed(it: Iterator) -> Iterator[tuple[float, object]]:
+    """Wrap an iterator, yielding (seconds spent waiting for the item, item)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        yield time.perf_counter() - t0, item

@@ -1,0 +1,55 @@
+"""Where a number was measured: versions, CPU, GPU, host and container image."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _image() -> str:
+    """The container image, when running in one: set by our Dockerfiles at build time."""
+    if os.environ.get("RAYTUNE_CTR_IMAGE"):
+        return os.environ["RAYTUNE_CTR_IMAGE"]
+    in_container = Path("/.dockerenv").exists() or "KUBERNETES_SERVICE_HOST" in os.environ
+    return "unknown-container" if in_container else "native"
+
+
+def fingerprint(device: torch.device | None = None) -> dict[str, str]:
+    gpu = ""
+    if device is not None and device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": _version("ray"),
+        "optuna": _version("optuna"),
+        "cpu_model": _cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+        "gpu_name": gpu or "none",
+        "host": socket.gethostname(),
+        "image": _image(),
+    }

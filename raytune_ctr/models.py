@@ -1,0 +1,109 @@
+"""Models: one registry. Each entry builds a net for an input shape and class count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raytune_ctr.spec import SpecError
+
+Shape = tuple[int, int, int]  # C, H, W
+REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+MIN_SIZE: dict[str, int] = {}
+
+
+def register(name: str, min_size: int = 1):
+    def wrap(fn):
+        REGISTRY[name], MIN_SIZE[name] = fn, min_size
+        return fn
+
+    return wrap
+
+
+def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
+    if name not in REGISTRY:
+        raise SpecError(key, f"unknown model; one of {sorted(REGISTRY)}", name)
+    if shape is not None and min(shape[1:]) < MIN_SIZE[name]:
+        raise SpecError(key, f"{name} needs inputs of at least {MIN_SIZE[name]}x{MIN_SIZE[name]} px "
+                        f"but the dataset gives {shape[1]}x{shape[2]}", name)
+
+
+def build(name: str, shape: Shape, num_classes: int, *, hidden: tuple[int, ...] = (100,)) -> nn.Module:
+    check(name, shape)
+    return REGISTRY[name](shape, num_classes, hidden=hidden)
+
+
+class MnistCNN(nn.Module):
+    """The pytorch/examples MNIST net (studies.md S1), sized to the input.
+
+    For 1x28x28 inputs fc1 is 9216 -> 128, exactly the original.
+    """
+
+    def __init__(self, shape: Shape, num_classes: int = 10):
+        super().__init__()
+        c, h, w = shape
+        self.conv1 = nn.Conv2d(c, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(64 * ((h - 4) // 2) * ((w - 4) // 2), 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = self.dropout1(F.max_pool2d(x, 2))
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(x, 1))))
+        # log-softmax as in the original; cross_entropy on it equals nll_loss, since
+        # log_softmax is idempotent, so one loss serves every model.
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+@register("mnist_cnn", min_size=6)
+def _mnist_cnn(shape: Shape, num_classes: int, **_) -> nn.Module:
+    return MnistCNN(shape, num_classes)
+
+
+@register("mlp")
+def _mlp(shape: Shape, num_classes: int, hidden: tuple[int, ...] = (100,), **_) -> nn.Module:
+    """784-100-10 on MNIST-sized inputs by default (studies.md S5)."""
+    sizes = [shape[0] * shape[1] * shape[2], *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(sizes[-1], num_classes))
+
+
+def _resnet(arch: str):
+    def make(shape: Shape, num_classes: int, **_) -> nn.Module:
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        c, h, _w = shape
+        if h < 64:
+            # CIFAR-style stem: a 7x7/2 conv and a max-pool would shrink small images to nothing.
+            net.conv1 = nn.Conv2d(c, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        elif c != 3:
+            net.conv1 = nn.Conv2d(c, 64, 7, 2, 3, bias=False)
+        return net
+
+    return make
+
+
+register("resnet18", min_size=8)(_resnet("resnet18"))
+register("resnet50", min_size=8)(_resnet("resnet50"))
+
+
+# AlexNet's stride-4 11x11 conv and three 3x3/2 max-pools need at least 63 px.
+@register("alexnet", min_size=63)
+def _alexnet(shape: Shape, num_classes: int, **_) -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.alexnet(weights=None, num_classes=num_classes)
+    if shape[0] != 3:
+        net.features[0] = nn.Conv2d(shape[0], 64, 11, 4, 2)
+    return net

@@ -1,0 +1,265 @@
+"""The report: the studies' tables, the Pareto front, the answer to "fastest config
+reaching X% accuracy", hardware figures per trial, and plots. Built only from a
+results folder (spec.yaml + trials.parquet), so it can be rebuilt at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raytune_ctr import spec as spec_lib
+from raytune_ctr.spec import Spec
+
+log = logging.getLogger(__name__)
+
+PLOTS = ("pareto.png", "acc_by_epoch.png", "epoch_time.png")
+
+
+def load_results(run_dir: Path) -> tuple[Spec, pd.DataFrame]:
+    run_dir = Path(run_dir)
+    for f in ("spec.yaml", "trials.parquet"):
+        if not (run_dir / f).is_file():
+            raise FileNotFoundError(f"{run_dir}: no {f}; is this a raytune_ctr results folder?")
+    return spec_lib.load(run_dir / "spec.yaml"), pd.read_parquet(run_dir / "trials.parquet")
+
+
+def label_trials(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """Add `config`: the searched values of each trial, seed left out so seeds group."""
+    keys = [k for k in spec.searched_keys() if k != "seed"]
+    df = df.copy()
+    if keys:
+        # Column by column: a row-wise apply would upcast ints to floats.
+        cols = [[f"{k}={_short(v)}" for v in df[k].tolist()] for k in keys]
+        df["config"] = [" ".join(parts) for parts in zip(*cols, strict=True)]
+    else:
+        df["config"] = "trial " + df["trial_index"].astype(str)
+    return df
+
+
+def _short(v) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    s = f"{v:.4g}"
+    return s if "." in s or "e" in s else s + ".0"
+
+
+def final_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The last reported epoch of every trial that reported at all."""
+    ok = df[df["epoch"].notna()]
+    return ok.sort_values("epoch").groupby("trial_index", sort=True).tail(1).sort_values("trial_index")
+
+
+def _fmt(mean: float, std: float, n: int, digits: int) -> str:
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 and pd.notna(std) else "")
+
+
+def by_epoch(df: pd.DataFrame, value: str, digits: int) -> pd.DataFrame:
+    """config x epoch table of `value`, mean ± std over seeds (studies S1/S2 shape)."""
+    ok = df[df["epoch"].notna() & (df["status"] != "FAILED")]
+    g = ok.groupby(["config", "epoch"], sort=False)[value].agg(["mean", "std", "count"])
+    cells = g.apply(lambda r: _fmt(r["mean"], r["std"], int(r["count"]), digits), axis=1)
+    table = cells.unstack("epoch")
+    table.columns = [f"epoch {int(c)}" for c in table.columns]
+    return table.fillna("")
+
+
+def time_table(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, str]:
+    """s/epoch, total train time and speedup against the baseline config."""
+    ok = df[df["epoch"].notna() & (df["status"] != "FAILED")]
+    if ok.empty:
+        return pd.DataFrame(), ""
+    last = final_rows(ok)
+    per = pd.DataFrame({
+        "s/epoch": ok.groupby("config", sort=False)["epoch_time_s"].mean(),
+        "total train s": last.groupby("config", sort=False)["train_time_s"].mean(),
+        "epochs": last.groupby("config", sort=False)["epoch"].max().astype(int),
+        "samples/s": ok.groupby("config", sort=False)["samples_per_s"].mean(),
+        "final test acc %": last.groupby("config", sort=False)["test_acc"].mean(),
+    })
+    base = baseline_config(ok, spec)
+    per["speedup"] = per.loc[base, "s/epoch"] / per["s/epoch"]
+    return per.round({"s/epoch": 2, "total train s": 1, "samples/s": 0,
+                      "final test acc %": 2, "speedup": 2}), base
+
+
+def baseline_config(df: pd.DataFrame, spec: Spec) -> str:
+    want = spec.report.baseline
+    if want:
+        match = df
+        for k, v in want.items():
+            if k in match:
+                match = match[match[k].astype(str) == str(v)]
+        if not match.empty:
+            return match["config"].iloc[0]
+        log.warning("report.baseline %s matches no trial; using the first config", want)
+    return df["config"].iloc[0]
+
+
+def pareto_mask(values: np.ndarray, maximize: list[bool]) -> np.ndarray:
+    """True for rows no other row dominates (at least as good everywhere, better somewhere)."""
+    v = np.where(maximize, -values, values)  # minimise everything
+    mask = np.ones(len(v), dtype=bool)
+    for i in range(len(v)):
+        others = np.delete(v, i, axis=0)
+        dominated = np.any(np.all(others <= v[i], axis=1) & np.any(others < v[i], axis=1))
+        mask[i] = not dominated
+    return mask
+
+
+def pareto_front(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    last = final_rows(df[df["status"] != "FAILED"])
+    cols = list(spec.search.objectives)
+    last = last.dropna(subset=cols)
+    if last.empty:
+        return last
+    mask = pareto_mask(last[cols].to_numpy(float),
+                       [m == "max" for m in spec.search.objectives.values()])
+    return last[mask].sort_values(cols[0], ascending=spec.search.objectives[cols[0]] == "min")
+
+
+def fastest_reaching(df: pd.DataFrame, target: float) -> str:
+    """Plain answer: which config first reaches `target` % test accuracy in the least train time."""
+    ok = df[(df["status"] != "FAILED") & df["test_acc"].notna()]
+    if ok.empty:
+        return "No trial reported any result."
+    hit = ok[ok["test_acc"] >= target]
+    if hit.empty:
+        best = ok.loc[ok["test_acc"].idxmax()]
+        return (f"No configuration reached {target:g}% test accuracy. The best was "
+                f"{best['test_acc']:.2f}% ({best['config']}, epoch {int(best['epoch'])}).")
+    first = hit.sort_values("train_time_s").groupby("trial_index").head(1)
+    win = first.sort_values("train_time_s").iloc[0]
+    n_reach = first["config"].nunique()
+    return (f"Fastest configuration reaching ≥ {target:g}% test accuracy: **{win['config']}** "
+            f"reached {win['test_acc']:.2f}% at epoch {int(win['epoch'])} after "
+            f"{win['train_time_s']:.3g} s of training ({n_reach} of "
+            f"{ok['config'].nunique()} configurations reached it).")
+
+
+def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
+    rows = df[df["epoch"].notna()]
+    if rows.empty:
+        return pd.DataFrame()
+    g = rows.groupby("trial_index", sort=True)
+    out = pd.DataFrame({
+        "config": g["config"].first(),
+        "workers": g["num_workers"].first(),
+        "threads": g["threads_per_worker"].first(),
+        "gpu": g["use_gpu"].first(),
+        "samples/s": g["samples_per_s"].mean().round(0),
+        "data wait %": (100 * g["data_time_s"].sum() / g["epoch_time_s"].sum()).round(1),
+        "setup s": g["setup_time_s"].first().round(2),
+        "peak RSS MB": g["peak_rss_mb"].max().round(0),
+        "peak CUDA MB": g["peak_cuda_mb"].max().round(0),
+        "host": g["env_host"].first() if "env_host" in rows else "",
+    })
+    return out.dropna(axis=1, how="all")
+
+
+def _md(table: pd.DataFrame, index: bool = True) -> str:
+    if table.empty:
+        return "_none_\n"
+    return table.to_markdown(index=index) + "\n"
+
+
+def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[df["epoch"].notna() & (df["status"] != "FAILED")]
+    last = final_rows(ok)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if not last.empty:
+        ax.scatter(last["train_time_s"], last["test_acc"], c="tab:blue", label="trial (final epoch)")
+        mask = pareto_mask(last[["test_acc", "train_time_s"]].to_numpy(float), [True, False])
+        front = last[mask].sort_values("train_time_s")
+        ax.step(front["train_time_s"], front["test_acc"], where="post", c="tab:red",
+                label="Pareto front")
+        for _, r in front.iterrows():
+            ax.annotate(r["config"], (r["train_time_s"], r["test_acc"]), fontsize=7,
+                        xytext=(4, -8), textcoords="offset points")
+    ax.set(xlabel="train time (s)", ylabel="test accuracy (%)",
+           title=f"{spec.name}: accuracy against train time")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "pareto.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for _, t in ok.groupby("trial_index"):
+        ax.plot(t["epoch"], t["test_acc"], marker="o", label=t["config"].iloc[0])
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy by epoch")
+    if ok["trial_index"].nunique() <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "acc_by_epoch.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * ok["config"].nunique() + 1)))
+    if not ok.empty:
+        per = ok.groupby("config", sort=False)["epoch_time_s"].agg(["mean", "std"])
+        ax.barh(per.index, per["mean"], xerr=per["std"].fillna(0), color="tab:green")
+    ax.set(xlabel="seconds per epoch", title="time per epoch by config")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "epoch_time.png", dpi=120)
+    plt.close(fig)
+
+
+def build(run_dir: Path) -> Path:
+    """Write report.md and the plots from a results folder; return the report's path."""
+    run_dir = Path(run_dir)
+    spec, df = load_results(run_dir)
+    df = label_trials(df, spec)
+    target = spec.report.target_acc
+    n_trials = df["trial_index"].nunique()
+    counts = df.groupby("trial_index")["status"].first().value_counts()
+    status = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("COMPLETED", "STOPPED", "FAILED"))
+    times, base = time_table(df, spec)
+    front = pareto_front(df, spec)
+    obj = list(spec.search.objectives)
+    failed = df[df["status"] == "FAILED"].groupby("trial_index").first()
+    env_cols = [c for c in df.columns if c.startswith("env_")]
+    env = pd.DataFrame({c[4:]: [", ".join(sorted(map(str, df[c].dropna().unique())))]
+                        for c in env_cols}).T.rename(columns={0: "value"})
+
+    md = [f"# {spec.name}\n"]
+    if spec.description:
+        md.append(spec.description.strip() + "\n")
+    md.append(f"{n_trials} trials ({status}); search: {spec.search.method}, "
+              f"scheduler: {spec.search.scheduler}; dataset: {spec.data.dataset}; "
+              f"objectives: {', '.join(f'{k} ({v})' for k, v in spec.search.objectives.items())}.\n")
+    md.append("## Answer\n")
+    md.append(fastest_reaching(df, target) + "\n")
+    md.append("## Pareto-optimal configurations\n")
+    md.append(_md(front[["config", *obj, "epoch"]].set_index("config").round(3)
+                  if not front.empty else front))
+    md.append("## Test accuracy (%) by epoch\n")
+    md.append(_md(by_epoch(df, "test_acc", 2)))
+    md.append("## Test loss by epoch\n")
+    md.append(_md(by_epoch(df, "test_loss", 4)))
+    md.append("## Time\n")
+    md.append(f"Train time counts the training passes only (no start-up, no evaluation). "
+              f"Speedup is s/epoch against **{base}**.\n\n" if base else "")
+    md.append(_md(times))
+    md.append("## Hardware per trial\n")
+    md.append(_md(hardware_table(df)))
+    md.append("## Failed trials\n")
+    md.append(_md(failed[["config", "error"]] if not failed.empty else pd.DataFrame()))
+    md.append("## Environment\n")
+    md.append(_md(env))
+    md.append("## Plots\n")
+    md.append("\n".join(f"![{p}]({p})" for p in PLOTS) + "\n")
+    plot(df, spec, run_dir)
+    out = run_dir / "report.md"
+    out.write_text("\n".join(md))
+    return out

@@ -1,0 +1,420 @@
+"""The sweep spec: one YAML file describes one study.
+
+A spec is four frozen dataclasses (data, train, resources, search) plus the
+report's settings, validated when loaded. Every default is written down once,
+here. Experiment files list only what they change.
+
+    name: s1_batch_lr
+    data: {dataset: fashion-mnist}
+    train: {model: mnist_cnn, epochs: 5, optimizer: adadelta, lr: 1.0}
+    search:
+      method: grid
+      points: [{batch_size: 32, lr: 1.0}, {batch_size: 64, lr: 1.0}]
+
+Any field of `train` or `resources` can be a search dimension. Bad input raises
+`SpecError` with one line naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError as _PydanticError
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid")
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
+
+DEFAULT_DATA_DIR = os.environ.get("RAYTUNE_CTR_DATA", "~/.cache/raytune_ctr/data")
+
+
+class SpecError(ValueError):
+    """A spec (or a command-line value) that breaks a rule; the message is one line."""
+
+    def __init__(self, key: str, rule: str, value: Any = dataclasses.MISSING):
+        self.key, self.rule, self.value = key, rule, value
+        got = "" if value is dataclasses.MISSING else f", got {value!r}"
+        super().__init__(f"{key}: {rule}{got}")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class DataSpec:
+    dataset: StrictStr = "digits"
+    data_dir: StrictStr = DEFAULT_DATA_DIR
+    download: StrictBool = True
+    # Cap on training samples (None = all); smoke runs use it.
+    subset: PositiveInt | None = None
+    # synthetic / image-folder only
+    image_size: PositiveInt | None = None
+    channels: PositiveInt = 3
+    num_classes: PositiveInt = 10
+    num_samples: PositiveInt = 4096
+    # DataLoader processes for on-disk image datasets; in-memory sets need none.
+    loader_workers: Annotated[StrictInt, Field(ge=0)] = 0
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainSpec:
+    model: StrictStr = "mnist_cnn"
+    hidden: tuple[PositiveInt, ...] = (100,)  # mlp only
+    epochs: PositiveInt = 5
+    # Global batch per step, split across Train workers (Ray's examples' convention),
+    # so adding workers changes parallelism, not the recipe.
+    batch_size: PositiveInt = 64
+    test_batch_size: PositiveInt = 1000
+    lr: PositiveFloat = 1.0
+    optimizer: Literal["adadelta", "sgd", "adam", "adamw"] = "adadelta"
+    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.9  # sgd only
+    weight_decay: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    lr_schedule: Literal["step", "onecycle", "none"] = "step"
+    gamma: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.7  # StepLR, per epoch (pytorch/examples)
+    seed: Annotated[StrictInt, Field(ge=0)] = 1
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ResourceSpec:
+    num_workers: PositiveInt = 1
+    use_gpu: StrictBool = False
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: PositiveFloat = 1.0
+    # torch intra-op threads per worker; None = the worker's whole CPUs, at least 1.
+    threads_per_worker: PositiveInt | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_worker or max(1, int(self.cpus_per_worker))
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Dimension:
+    """One search dimension; exactly one field is set. Bounds are inclusive."""
+
+    choice: tuple[Any, ...] | None = None
+    uniform: tuple[StrictFloat, StrictFloat] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    randint: tuple[StrictInt, StrictInt] | None = None
+
+    @property
+    def kind(self) -> str:
+        return next(f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+    @property
+    def args(self) -> tuple:
+        return getattr(self, self.kind)
+
+    def extremes(self) -> tuple:
+        """The values that bound this dimension, for validation and resource planning."""
+        return self.args if self.kind == "choice" else (self.args[0], self.args[1])
+
+
+@dataclass(frozen=True, config=_STRICT)
+class AshaSpec:
+    # "epoch" counts epochs; "train_time_s" counts compute seconds, which judges
+    # trials with different batch sizes or worker counts fairly.
+    time_attr: Literal["epoch", "train_time_s"] = "epoch"
+    max_t: PositiveFloat | None = None  # default: the largest epochs (needed for seconds)
+    grace_period: PositiveFloat = 1.0
+    reduction_factor: Annotated[StrictFloat, Field(gt=1)] = 2.0
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SearchSpec:
+    method: Literal["grid", "random", "optuna"] = "grid"
+    # metric -> "max" | "min"; the first one drives ASHA. Two or more make Optuna
+    # use NSGA-II instead of TPE.
+    objectives: dict[StrictStr, Literal["max", "min"]] = dataclasses.field(
+        default_factory=lambda: {"test_acc": "max"}
+    )
+    scheduler: Literal["none", "asha"] = "none"
+    asha: AshaSpec = AshaSpec()
+    # grid: repeats of every point; random/optuna: number of trials.
+    num_samples: PositiveInt = 1
+    max_concurrent: PositiveInt | None = None
+    seed: Annotated[StrictInt, Field(ge=0)] = 0
+    space: dict[StrictStr, Dimension] = dataclasses.field(default_factory=dict)  # random/optuna
+    grid: dict[StrictStr, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # grid only
+    # Explicit configurations: the grid's extra points, or the searcher's first trials.
+    points: tuple[dict[StrictStr, Any], ...] = ()
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ReportSpec:
+    target_acc: Annotated[StrictFloat, Field(ge=0, le=100)] = 90.0  # percent
+    # The config the speedup column compares against, e.g. {batch_size: 64}; default: first.
+    baseline: dict[StrictStr, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Spec:
+    name: StrictStr = "sweep"
+    description: StrictStr = ""
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec()
+    resources: ResourceSpec = ResourceSpec()
+    search: SearchSpec = SearchSpec()
+    report: ReportSpec = ReportSpec()
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def searched_keys(self) -> list[str]:
+        s = self.search
+        keys = list(s.space) + list(s.grid)
+        keys += [k for p in s.points for k in p]
+        return list(dict.fromkeys(keys))
+
+    def grid_points(self) -> list[dict]:
+        """Every configuration a grid search runs: the product of `grid`, then `points`."""
+        s = self.search
+        names = list(s.grid)
+        product = [dict(zip(names, values, strict=True)) for values in itertools.product(*s.grid.values())]
+        points = [p for p in product if p] + [dict(p) for p in s.points]
+        return points or [{}]
+
+    def resolve(self, overrides: dict) -> tuple[TrainSpec, ResourceSpec]:
+        """The train and resource specs of one trial."""
+        train_keys = {f.name for f in dataclasses.fields(TrainSpec)}
+        t = {k: v for k, v in overrides.items() if k in train_keys}
+        r = {k: v for k, v in overrides.items() if k not in train_keys}
+        return dataclasses.replace(self.train, **t), dataclasses.replace(self.resources, **r)
+
+
+SEARCHABLE = {f.name: TrainSpec for f in dataclasses.fields(TrainSpec)} | {
+    f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec)
+}
+
+
+def _plain(obj):
+    """Tuples to lists, so the saved YAML reads like the input."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _from_pydantic(err: _PydanticError, data: dict) -> SpecError:
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if p not in ("function-after", "tuple[...]"))
+    key = _format_loc(loc)
+    if e["type"] == "unexpected_keyword_argument":
+        parent = _lookup_class(loc[:-1])
+        known = [f.name for f in dataclasses.fields(parent)] if parent else []
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        rule = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        return SpecError(key, rule)
+    return SpecError(key, e["msg"][0].lower() + e["msg"][1:], e.get("input"))
+
+
+_SECTIONS = {"data": DataSpec, "train": TrainSpec, "resources": ResourceSpec,
+             "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec}
+
+
+def _lookup_class(loc: tuple):
+    """The dataclass at a nested key path, for "did you mean" hints."""
+    cls = Spec
+    for part in loc:
+        cls = _SECTIONS.get(part)
+        if cls is None:
+            return None
+    return cls
+
+
+def from_dict(data: Any) -> Spec:
+    """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem."""
+    if not isinstance(data, dict):
+        raise SpecError("spec", "must be a mapping of sections", data)
+    for section in ("data", "train", "resources", "search", "report"):
+        if section in data and not isinstance(data[section], dict):
+            raise SpecError(section, "must be a mapping", data[section])
+    try:
+        spec = Spec(**data)
+    except _PydanticError as err:
+        raise _from_pydantic(err, data) from None
+    except TypeError as err:  # a non-string key, for example
+        raise SpecError("spec", str(err)) from None
+    _check(spec)
+    return spec
+
+
+def load(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("--config", "no such file", str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(str(path), f"is not valid YAML{where}") from None
+    return from_dict(data)
+
+
+def dump(spec: Spec, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+
+def _check_name(key_path: str, name: str) -> None:
+    if name not in SEARCHABLE:
+        hint = difflib.get_close_matches(name, SEARCHABLE, n=1)
+        rule = "not a train or resources field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        raise SpecError(key_path, rule)
+
+
+def _check_value(key_path: str, name: str, value: Any, spec: Spec) -> None:
+    """Validate one candidate value of a searched field as its dataclass would."""
+    cls = SEARCHABLE[name]
+    base = spec.train if cls is TrainSpec else spec.resources
+    try:
+        dataclasses.replace(base, **{name: value})
+    except _PydanticError as err:
+        e = err.errors()[0]
+        raise SpecError(key_path, e["msg"][0].lower() + e["msg"][1:], value) from None
+
+
+def _check(spec: Spec) -> None:
+    """Rules that span fields: the search space, objectives, ASHA, models."""
+    s = spec.search
+    if s.method == "grid" and s.space:
+        raise SpecError("search.space", "a grid search takes `grid` and `points`, not `space`",
+                        list(s.space))
+    if s.method != "grid" and s.grid:
+        raise SpecError("search.grid", f"a grid cannot be mixed into a {s.method} search; "
+                        "use `space` with choice, or method: grid", dict(s.grid))
+    for name, values in s.grid.items():
+        _check_name(f"search.grid.{name}", name)
+        if not values:
+            raise SpecError(f"search.grid.{name}", "needs at least one value", values)
+        for i, v in enumerate(values):
+            _check_value(f"search.grid.{name}[{i}]", name, v, spec)
+    for i, point in enumerate(s.points):
+        for name, v in point.items():
+            _check_name(f"search.points[{i}].{name}", name)
+            if s.method != "grid" and name not in s.space:
+                raise SpecError(f"search.points[{i}].{name}",
+                                f"a {s.method} search's points may only set `space` keys")
+            _check_value(f"search.points[{i}].{name}", name, v, spec)
+    for name, dim in s.space.items():
+        key = f"search.space.{name}"
+        _check_name(key, name)
+        kinds = [f.name for f in dataclasses.fields(dim) if getattr(dim, f.name) is not None]
+        if len(kinds) != 1:
+            raise SpecError(key, "needs exactly one of choice, uniform, loguniform, randint", kinds)
+        if dim.kind == "choice" and not dim.args:
+            raise SpecError(key + ".choice", "needs at least one value", dim.args)
+        if dim.kind != "choice" and not dim.args[0] < dim.args[1]:
+            raise SpecError(f"{key}.{dim.kind}", "low < high must hold", dim.args)
+        for v in dim.extremes():
+            _check_value(f"{key}.{dim.kind}", name, v, spec)
+    if s.method != "grid" and not s.space:
+        raise SpecError("search.space", f"a {s.method} search needs at least one dimension", {})
+    if not s.objectives:
+        raise SpecError("search.objectives", "needs at least one metric", {})
+    from raytune_ctr.train import METRICS  # late: train imports torch
+
+    for metric in s.objectives:
+        if metric not in METRICS:
+            raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
+    if s.scheduler == "asha" and s.asha.time_attr == "train_time_s" and s.asha.max_t is None:
+        raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
+    for name, values in _candidates(spec).items():
+        if name == "model":
+            from raytune_ctr import data, models
+
+            shape = data.input_shape(spec.data)
+            for m in values:
+                models.check(m, shape, key="train.model")
+    from raytune_ctr import data
+
+    data.check(spec.data)
+    for train, res in all_trials(spec):
+        if train.batch_size < res.num_workers:
+            raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "
+                            "because it is split across workers", train.batch_size)
+
+
+def _candidates(spec: Spec) -> dict[str, list]:
+    """Every value each searched field can take (bounds for ranges), plus fixed ones."""
+    out = {name: [getattr(spec.train if cls is TrainSpec else spec.resources, name)]
+           for name, cls in SEARCHABLE.items()}
+    s = spec.search
+    for name, values in s.grid.items():
+        out[name] = list(values)
+    for name, dim in s.space.items():
+        out[name] = list(dim.extremes())
+    for p in s.points:
+        for name, v in p.items():
+            out[name] = list(dict.fromkeys(out[name] + [v]))
+    return out
+
+
+def all_trials(spec: Spec) -> list[tuple[TrainSpec, ResourceSpec]]:
+    """Trials to plan for: every grid point, or the corners of a random/optuna space."""
+    if spec.search.method == "grid":
+        return [spec.resolve(p) for p in spec.grid_points()]
+    cand = _candidates(spec)
+    keys = list(spec.search.space)
+    corners = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(cand[k] for k in keys))]
+    return [spec.resolve(p) for p in corners + [dict(p) for p in spec.search.points]]
+
+
+def all_resources(spec: Spec) -> list[ResourceSpec]:
+    return [r for _, r in all_trials(spec)]
+
+
+def plan_concurrency(spec: Spec, cluster: dict[str, float], nodes: list[dict[str, float]]) -> int:
+    """How many trials may run at once; raises `SpecError` when a trial can never fit.
+
+    A trial's driver reserves no CPU (only a token of memory); its Train workers
+    reserve `num_workers * cpus_per_worker` as one placement group, all or
+    nothing. So no trial can hold half of what another needs: trials that do
+    not fit side by side wait for their group, and Train retries start-up
+    time-outs without limit (FailureConfig.controller_failure_limit = -1). Up to
+    as many trials as the smallest fit side by side are started at once.
+    """
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    node_cpus = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
+    node_gpus = max((n.get("GPU", 0.0) for n in nodes), default=gpus)
+    fits = []
+    for res in all_resources(spec):
+        need_cpu = res.num_workers * res.cpus_per_worker
+        need_gpu = res.num_workers * res.gpus_per_worker if res.use_gpu else 0.0
+        if res.use_gpu and gpus == 0:
+            raise SpecError("resources.use_gpu", "the cluster has no GPU", True)
+        if res.cpus_per_worker > node_cpus:
+            raise SpecError("resources.cpus_per_worker",
+                            f"no node has that many CPUs (largest: {node_cpus:g})",
+                            res.cpus_per_worker)
+        if res.use_gpu and res.gpus_per_worker > node_gpus:
+            raise SpecError("resources.gpus_per_worker",
+                            f"no node has that many GPUs (largest: {node_gpus:g})",
+                            res.gpus_per_worker)
+        if need_cpu > cpus + 1e-9:
+            raise SpecError("resources.num_workers",
+                            f"{res.num_workers} workers x {res.cpus_per_worker:g} CPUs need "
+                            f"{need_cpu:g} CPUs but the cluster has {cpus:g}", res.num_workers)
+        if need_gpu > gpus + 1e-9:
+            raise SpecError("resources.num_workers",
+                            f"{res.num_workers} workers x {res.gpus_per_worker:g} GPUs need "
+                            f"{need_gpu:g} GPUs but the cluster has {gpus:g}", res.num_workers)
+        fit = math.floor(cpus / need_cpu + 1e-9)
+        if need_gpu:
+            fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
+        fits.append(fit)
+    return max(1, min(max(fits), spec.search.max_concurrent or max(fits)))

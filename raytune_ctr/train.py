@@ -1,0 +1,211 @@
+"""The one training loop. Ray Train runs `train_func` on every worker; tests and
+benchmarks call `fit` directly on plain torch.
+
+Each epoch reports (global over all workers):
+    epoch, train_loss, train_acc, test_loss, test_acc (percent),
+    epoch_time_s   training pass only, read after the GPU has synchronized
+    train_time_s   sum of epoch_time_s so far: the clock objectives and ASHA use
+    data_time_s    part of epoch_time_s spent waiting for batches
+    eval_time_s, setup_time_s (data + model build, once), samples_per_s,
+    peak_rss_mb (largest worker), peak_cuda_mb (GPU only),
+plus the worker's environment fingerprint as env_* strings.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from raytune_ctr import data, models
+from raytune_ctr.fingerprint import fingerprint
+from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec
+
+METRICS = {
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
+    "train_time_s", "data_time_s", "eval_time_s", "setup_time_s", "samples_per_s",
+    "peak_rss_mb", "peak_cuda_mb",
+}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(spec: TrainSpec, params) -> torch.optim.Optimizer:
+    if spec.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    raise AssertionError(spec.optimizer)  # the spec's Literal rules this out
+
+
+def make_schedule(spec: TrainSpec, opt, steps_per_epoch: int):
+    """Returns (scheduler or None, steps per batch?)."""
+    if spec.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=spec.gamma), False
+    if spec.lr_schedule == "onecycle":
+        # Adadelta has no momentum to cycle.
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch,
+            cycle_momentum=spec.optimizer != "adadelta")
+        return sched, True
+    return None, False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reduce(values: list[float], op=None) -> list[float]:
+    """Sum (or max) values over all workers; a no-op outside torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def train_epoch(model: nn.Module, ds, opt, sched, per_batch: bool, *, batch_size: int,
+                rank: int, world: int, seed: int, device: torch.device, loader_workers: int = 0):
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n, data_time = 0, 0.0
+    _sync(device)
+    start = time.perf_counter()
+    it = data.batches(ds, batch_size, rank=rank, world=world, seed=seed, device=device,
+                      loader_workers=loader_workers)
+    for wait, (x, y) in data.timed(it):
+        data_time += wait
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        opt.step()
+        if per_batch:
+            sched.step()
+        # Accumulate on the device: a .item() per step would stall the GPU.
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return float(loss_sum), int(correct), n, elapsed, data_time
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds, *, batch_size: int, rank: int, world: int,
+             device: torch.device, loader_workers: int = 0):
+    # The bare module: DDP's forward would sync buffers, and ranks may hold
+    # different numbers of test batches.
+    net = getattr(model, "module", model)
+    net.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in data.batches(ds, batch_size, rank=rank, world=world, seed=None, train=False,
+                             device=device, loader_workers=loader_workers):
+        out = net(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    return float(loss_sum), int(correct), n
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = None,
+        rank: int = 0, world: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
+        report: Callable[[dict], None] | None = None, loader_workers: int | None = None) -> list[dict]:
+    """Train `spec.epochs` epochs, calling `report(metrics)` after each; returns all metrics."""
+    device = device or torch.device("cpu")
+    t0 = time.perf_counter()
+    seed_everything(spec.seed)
+    ds = data.load(data_spec)
+    model = models.build(spec.model, ds.input_shape, ds.num_classes, hidden=spec.hidden).to(device)
+    if wrap is not None:
+        model = wrap(model)
+    per_rank = max(1, spec.batch_size // world)
+    steps = math.ceil(math.ceil(len(ds.train) / world) / per_rank)
+    opt = make_optimizer(spec, model.parameters())
+    sched, per_batch = make_schedule(spec, opt, steps)
+    env = {f"env_{k}": v for k, v in fingerprint(device).items()}
+    lw = data_spec.loader_workers if loader_workers is None else loader_workers
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    setup_time = time.perf_counter() - t0
+
+    history, train_time = [], 0.0
+    for epoch in range(1, spec.epochs + 1):
+        # Same permutation on every rank for an epoch, different across epochs.
+        loss, correct, n, elapsed, data_time = train_epoch(
+            model, ds.train, opt, sched, per_batch, batch_size=per_rank, rank=rank, world=world,
+            seed=spec.seed * 100_003 + epoch, device=device, loader_workers=lw)
+        if sched is not None and not per_batch:
+            sched.step()
+        t_eval = time.perf_counter()
+        tloss, tcorrect, tn = evaluate(model, ds.test, batch_size=spec.test_batch_size, rank=rank,
+                                       world=world, device=device, loader_workers=lw)
+        eval_time = time.perf_counter() - t_eval
+        loss, correct, n, tloss, tcorrect, tn = _reduce([loss, correct, n, tloss, tcorrect, tn])
+        elapsed, data_time, eval_time, rss = _reduce(
+            [elapsed, data_time, eval_time, peak_rss_mb()], dist.ReduceOp.MAX if world > 1 else None)
+        train_time += elapsed
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss / n, "train_acc": 100.0 * correct / n,
+            "test_loss": tloss / tn, "test_acc": 100.0 * tcorrect / tn,
+            "epoch_time_s": elapsed, "train_time_s": train_time,
+            "data_time_s": data_time, "eval_time_s": eval_time, "setup_time_s": setup_time,
+            "samples_per_s": n / elapsed, "peak_rss_mb": rss,
+        }
+        if device.type == "cuda":
+            metrics["peak_cuda_mb"] = _reduce([torch.cuda.max_memory_allocated(device) / 2**20],
+                                              dist.ReduceOp.MAX if world > 1 else None)[0]
+        if not math.isfinite(metrics["train_loss"]):
+            # A diverged trial is a failure, never a low score.
+            raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
+                                     f"(lr={spec.lr}, optimizer={spec.optimizer})")
+        metrics |= env
+        history.append(metrics)
+        if report is not None:
+            report(metrics)
+    return history
+
+
+def train_func(config: dict) -> None:
+    """Ray Train worker entry: one process of the trial's DDP group."""
+    import ray.train
+    import ray.train.torch
+
+    # 1. Unpack the trial's resolved spec.
+    data_spec = DataSpec(**config["data"])
+    spec = TrainSpec(**config["train"])
+    res = ResourceSpec(**config["resources"])
+    torch.set_num_threads(res.threads)
+    # 2. Where this worker sits in the group; Ray has already set up the process group.
+    ctx = ray.train.get_context()
+    # 3. Train; prepare_model wraps the net in DDP (gloo on CPU, nccl on GPU).
+    fit(data_spec, spec, device=ray.train.torch.get_device(), rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
+        report=lambda m: ray.train.report(m))

@@ -1,0 +1,253 @@
+"""The sweep: Ray Tune, driven by grid, random or Optuna search, runs one Ray Train
+job per trial and collects every epoch of every trial into one table.
+
+Train V2 nesting: each Tune trial is a function that builds a `TorchTrainer` and
+calls `fit()`; `TuneReportCallback` forwards each epoch's metrics to Tune.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from raytune_ctr import data
+from raytune_ctr import spec as spec_lib
+from raytune_ctr.spec import Spec, SpecError
+from raytune_ctr.train import METRICS, train_func
+
+log = logging.getLogger(__name__)
+
+# Train V2 polls its workers every 2 s by default, which adds seconds to every
+# trial's start and end; on one node the preemption watcher is an idle process.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+CLUSTER_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# A trial's driver does no training; it reserves a token of memory, not a CPU,
+# so a 2-core machine can run a trial with two whole-CPU workers (Tune rejects
+# an empty reservation).
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+STATUS = ("COMPLETED", "STOPPED", "FAILED")
+
+
+def smoke(spec: Spec) -> Spec:
+    """A tiny subset for 1 epoch: the first two configurations, 512 training samples."""
+    s = spec.search
+    drop = {"epochs"}
+    points = tuple({k: v for k, v in p.items() if k not in drop} for p in spec.grid_points()[:2])
+    if s.method == "grid":
+        search = dataclasses.replace(s, grid={}, points=points, num_samples=1)
+    else:
+        search = dataclasses.replace(
+            s, num_samples=min(2, s.num_samples),
+            space={k: v for k, v in s.space.items() if k not in drop},
+            points=tuple({k: v for k, v in p.items() if k not in drop} for p in s.points[:2]))
+    if search.scheduler == "asha" and search.asha.time_attr == "epoch":
+        search = dataclasses.replace(search, asha=dataclasses.replace(search.asha, max_t=1.0))
+    d = dataclasses.replace(spec.data, subset=min(spec.data.subset or 512, 512),
+                            num_samples=min(spec.data.num_samples, 512))
+    return dataclasses.replace(spec, name=f"{spec.name}-smoke", data=d, search=search,
+                               train=dataclasses.replace(spec.train, epochs=1))
+
+
+def run_trial(config: dict, spec: Spec, run_dir: str) -> None:
+    """One Tune trial: build a TorchTrainer for this configuration and fit it."""
+    import ray.tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    train, res = spec.resolve(config)
+    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.use_gpu else {})
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"data": dataclasses.asdict(spec.data),
+                           "train": dataclasses.asdict(train),
+                           "resources": dataclasses.asdict(res)},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=ray.tune.get_context().get_trial_id(),
+                             storage_path=os.path.join(run_dir, "train"),
+                             callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def _domain(dim: spec_lib.Dimension):
+    from ray import tune
+
+    a = dim.args
+    if dim.kind == "choice":
+        return tune.choice(list(a))
+    if dim.kind == "uniform":
+        return tune.uniform(*a)
+    if dim.kind == "loguniform":
+        return tune.loguniform(*a)
+    return tune.randint(a[0], a[1] + 1)  # ours is inclusive, Tune's high is exclusive
+
+
+def optuna_storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
+
+
+def _search(spec: Spec, run_dir: Path):
+    """(param_space, search_alg, num_samples) for the spec's method."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    s = spec.search
+    if s.method == "grid":
+        points = [p for p in spec.grid_points() for _ in range(s.num_samples)]
+        # Tune requires every key of a preset point in the space; the spec's value is
+        # the stand-in, and each point overrides it.
+        train, res = spec.resolve({})
+        fixed = dataclasses.asdict(train) | dataclasses.asdict(res)
+        space = {k: fixed[k] for k in spec.searched_keys()}
+        return space, BasicVariantGenerator(points_to_evaluate=points), len(points)
+    space = {k: _domain(d) for k, d in s.space.items()}
+    points = [dict(p) for p in s.points] or None
+    if s.method == "random":
+        return space, BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed), s.num_samples
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = list(s.objectives), list(s.objectives.values())
+    sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if len(metrics) > 1
+               else optuna.samplers.TPESampler(seed=s.seed))
+    searcher = OptunaSearch(
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        sampler=sampler, points_to_evaluate=points, study_name=run_dir.name,
+        storage=optuna.storages.RDBStorage(optuna_storage_url(run_dir)))
+    return space, searcher, s.num_samples
+
+
+def _scheduler(spec: Spec):
+    s = spec.search
+    if s.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    metric, mode = next(iter(s.objectives.items()))
+    max_t = s.asha.max_t or max(t.epochs for t, _ in spec_lib.all_trials(spec))
+    return ASHAScheduler(time_attr=s.asha.time_attr, metric=metric, mode=mode, max_t=max_t,
+                         grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor)
+
+
+def init_ray(address: str | None, verbose: bool = False) -> None:
+    import ray
+
+    env = LOCAL_TRAIN_ENV if address is None else CLUSTER_TRAIN_ENV
+    try:
+        # The dashboard stays on: Train's PlacementGroupCleaner asks its state API
+        # whether a controller is gone, and without it a trial stopped by ASHA
+        # leaks its workers' placement group, so later trials wait forever.
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError("--address", f"cannot reach a Ray cluster there ({msg})", address) from None
+
+
+def plan(spec: Spec) -> int:
+    """Check the spec against the running cluster; return how many trials may run at once."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return spec_lib.plan_concurrency(spec, ray.cluster_resources(), nodes)
+
+
+def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int) -> pd.DataFrame:
+    """Run every trial of `spec` on the connected Ray cluster; write trials.parquet/csv."""
+    from ray import tune
+
+    run_dir = Path(run_dir).resolve()
+    param_space, search_alg, num_samples = _search(spec, run_dir)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec, run_dir=str(run_dir)), TRIAL_DRIVER_RESOURCES)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
+                                    scheduler=_scheduler(spec), max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
+                                  verbose=1),
+    )
+    grid = tuner.fit()
+    df = collect(grid, spec)
+    df.to_parquet(run_dir / "trials.parquet", index=False)
+    df.to_csv(run_dir / "trials.csv", index=False)
+    if spec.search.method != "optuna":
+        record_optuna_study(df, spec, run_dir)
+    return df
+
+
+def _error_line(err: BaseException) -> str:
+    """The most specific line of a (possibly wrapped, multi-line) trial error."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
+            return ln
+    return lines[-1] if lines else type(err).__name__
+
+
+def collect(grid, spec: Spec) -> pd.DataFrame:
+    """One row per trial per epoch: status, error, resolved config, metrics, fingerprint.
+
+    A trial that crashed keeps its epochs so far and is FAILED; one that never
+    reported gets a single row with no metrics. Never a made-up score.
+    """
+    rows = []
+    for i, r in enumerate(grid):
+        config = dict(r.config or {})
+        train, res = spec.resolve(config)
+        base = {"trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
+                "trial_index": i}
+        base |= dataclasses.asdict(train) | dataclasses.asdict(res)
+        base["hidden"] = "-".join(map(str, train.hidden))
+        base["threads_per_worker"] = res.threads
+        mdf = r.metrics_dataframe
+        epochs = [] if mdf is None or "epoch" not in mdf else mdf.to_dict("records")
+        last = max((e["epoch"] for e in epochs), default=0)
+        if r.error is not None:
+            status, error = "FAILED", _error_line(r.error)
+        else:
+            status, error = ("COMPLETED" if last >= train.epochs else "STOPPED"), ""
+        base |= {"status": status, "error": error}
+        keep = lambda k: k in METRICS or k.startswith("env_")  # noqa: E731
+        for e in epochs or [{}]:
+            rows.append(base | {k: v for k, v in e.items() if keep(k)})
+    df = pd.DataFrame(rows)
+    for col in METRICS:
+        if col not in df:
+            df[col] = float("nan")
+    return df
+
+
+def record_optuna_study(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
+    """Save a grid or random sweep as an Optuna study too, for optuna-dashboard."""
+    import optuna
+
+    keys = spec.searched_keys()
+    objectives = spec.search.objectives
+    study = optuna.create_study(storage=optuna_storage_url(run_dir), study_name=run_dir.name,
+                                directions=["maximize" if m == "max" else "minimize"
+                                            for m in objectives.values()])
+    dists = {k: optuna.distributions.CategoricalDistribution(
+        sorted(df[k].dropna().unique().tolist(), key=str)) for k in keys}
+    for _, trial in df.groupby("trial_index", sort=True):
+        last = trial.sort_values("epoch").iloc[-1]
+        params = {k: last[k].item() if hasattr(last[k], "item") else last[k] for k in keys}
+        values = [float(last[m]) for m in objectives]
+        ok = last["status"] != "FAILED" and all(pd.notna(v) for v in values)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, values=values if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+            user_attrs={"status": str(last["status"]), "error": str(last["error"])}))
+
+
+def prepare_data(spec: Spec) -> str:
+    """Fetch/verify the dataset on this node before any trial starts; return its source."""
+    return data.load(spec.data).source

@@ -1,0 +1,75 @@
+"""The command line as a user meets it: bad input exits 2 with one line and writes nothing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "experiments/sweep.py", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: "), err
+    for f in fragments:
+        assert f in last, last
+
+
+@pytest.mark.parametrize("yaml_text,fragments", [
+    ("train: {lr: -0.5}\n", ["train.lr", "-0.5"]),
+    ("train: {batch_size: 0}\n", ["train.batch_size", "got 0"]),
+    ("search: {method: optuna, grid: {lr: [0.1]}, space: {lr: {choice: [0.1]}}}\n",
+     ["search.grid", "cannot be mixed"]),
+    ("trian: {lr: 1.0}\n", ["trian", "unknown key (did you mean 'train'?)"]),
+])
+def test_bad_spec_exits_2_before_anything(write_spec, tmp_path, yaml_text, fragments):
+    out = tmp_path / "results"
+    proc = sweep("--config", write_spec(yaml_text), "--storage-path", out)
+    assert_one_line_error(proc, *fragments)
+    assert not out.exists()
+
+
+CPUS = os.cpu_count()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("resources,fragments", [
+    ({"num_workers": CPUS + 1}, ["resources.num_workers",
+                                 f"need {CPUS + 1} CPUs but the cluster has {CPUS}",
+                                 f"got {CPUS + 1}"]),
+    ({"use_gpu": True}, ["resources.use_gpu: the cluster has no GPU"]),
+])
+def test_requests_the_cluster_cannot_hold_exit_2(write_spec, tmp_path, resources, fragments):
+    import torch
+
+    if resources.get("use_gpu") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "results"
+    spec = write_spec({"resources": resources, "train": {"batch_size": 64}})
+    proc = sweep("--config", spec, "--storage-path", out)
+    assert_one_line_error(proc, *fragments)
+    assert not out.exists()
+
+
+def test_existing_results_folder_is_never_overwritten(write_spec, tmp_path):
+    out = tmp_path / "results"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "trials.parquet").write_text("precious")
+    proc = sweep("--config", write_spec({}), "--storage-path", out, "--name", "mine")
+    assert_one_line_error(proc, "--name", "already exists", "'mine'")
+    assert (out / "mine" / "trials.parquet").read_text() == "precious"
+
+
+def test_missing_config_file(tmp_path):
+    proc = sweep("--config", tmp_path / "nope.yaml")
+    assert_one_line_error(proc, "--config: no such file")

@@ -1,0 +1,123 @@
+import dataclasses
+
+import pytest
+
+from raytune_ctr import spec as spec_lib
+from raytune_ctr.spec import SpecError
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path):
+    s = spec_lib.from_dict({})
+    spec_lib.dump(s, tmp_path / "s.yaml")
+    assert spec_lib.load(tmp_path / "s.yaml") == s
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("experiments/configs").glob("*.yaml")))
+def test_every_experiment_file_loads(path):
+    s = spec_lib.load(path)
+    assert s.name and s.search.objectives
+
+
+def test_quickstart_meets_its_promises():
+    s = spec_lib.load("experiments/configs/quickstart.yaml")
+    assert s.data.dataset == "digits"
+    assert s.search.num_samples >= 8
+    assert set(s.search.space["num_workers"].choice) == {1, 2}
+    assert len(s.search.objectives) == 2
+
+
+def test_s1_has_the_five_hand_run_configs():
+    s = spec_lib.load("experiments/configs/s1_batch_lr.yaml")
+    got = [(p["batch_size"], p["lr"]) for p in s.grid_points()]
+    assert got == [(32, 1.0), (64, 1.0), (128, 1.0), (128, 1.5), (32, 0.5)]
+    assert s.train.model == "mnist_cnn" and s.train.optimizer == "adadelta" and s.train.gamma == 0.7
+
+
+def test_grid_is_product_then_points():
+    s = spec_lib.from_dict({"search": {"grid": {"batch_size": [32, 64], "lr": [0.5, 1.0]},
+                                       "points": [{"batch_size": 8}]}})
+    assert s.grid_points() == [{"batch_size": 32, "lr": 0.5}, {"batch_size": 32, "lr": 1.0},
+                               {"batch_size": 64, "lr": 0.5}, {"batch_size": 64, "lr": 1.0},
+                               {"batch_size": 8}]
+    train, res = s.resolve({"batch_size": 8, "num_workers": 2})
+    assert train.batch_size == 8 and res.num_workers == 2
+
+
+BAD = [
+    ({"train": {"lr": 0}}, "train.lr", "greater than 0"),
+    ({"train": {"lr": -1.0}}, "train.lr", "-1.0"),
+    ({"train": {"batch_size": 0}}, "train.batch_size", "0"),
+    ({"train": {"batch_size": "64"}}, "train.batch_size", "'64'"),
+    ({"train": {"lrr": 1.0}}, "train.lrr", "did you mean 'lr'"),
+    ({"bogus": 1}, "bogus", "unknown key"),
+    ({"train": {"optimizer": "rmsprop"}}, "train.optimizer", "'rmsprop'"),
+    ({"resources": {"use_gpu": "yes"}}, "resources.use_gpu", "'yes'"),
+    ({"data": {"dataset": "cifar"}}, "data.dataset", "'cifar'"),
+    ({"train": {"model": "vgg"}}, "train.model", "'vgg'"),
+    ({"train": {"model": "alexnet"}}, "train.model", "at least 63x63"),
+    ({"search": {"method": "optuna", "grid": {"lr": [0.1, 1.0]},
+                 "space": {"batch_size": {"choice": [32]}}}},
+     "search.grid", "cannot be mixed into a optuna search"),
+    ({"search": {"method": "grid", "space": {"lr": {"uniform": [0.1, 1.0]}}}},
+     "search.space", "not `space`"),
+    ({"search": {"method": "random", "space": {"lr": {"loguniform": [1.0, 0.1]}}}},
+     "search.space.lr.loguniform", "low < high"),
+    ({"search": {"method": "random", "space": {"lr": {"uniform": [-1.0, 1.0]}}}},
+     "search.space.lr.uniform", "-1.0"),
+    ({"search": {"method": "random", "space": {"lr": {"choice": [0.1], "uniform": [0.1, 1.0]}}}},
+     "search.space.lr", "exactly one"),
+    ({"search": {"grid": {"batch_size": [32, 0]}}}, "search.grid.batch_size[1]", "0"),
+    ({"search": {"grid": {"bach_size": [32]}}}, "search.grid.bach_size", "did you mean 'batch_size'"),
+    ({"search": {"points": [{"num_workers": 0}]}}, "search.points[0].num_workers", "0"),
+    ({"search": {"objectives": {"accuracy": "max"}}}, "search.objectives.accuracy", "unknown metric"),
+    ({"search": {"objectives": {"test_acc": "up"}}}, "search.objectives.test_acc", "'up'"),
+    ({"search": {"scheduler": "asha", "asha": {"time_attr": "train_time_s"}}},
+     "search.asha.max_t", "required"),
+    ({"search": {"method": "random"}}, "search.space", "at least one dimension"),
+    ({"train": {"batch_size": 2}, "resources": {"num_workers": 4}}, "train.batch_size", "2"),
+    ({"train": "fast"}, "train", "'fast'"),
+]
+
+
+@pytest.mark.parametrize("mapping,key,fragment", BAD)
+def test_bad_spec_names_key_and_value_on_one_line(mapping, key, fragment):
+    with pytest.raises(SpecError) as e:
+        spec_lib.from_dict(mapping)
+    msg = str(e.value)
+    assert msg.startswith(key + ":"), msg
+    assert fragment in msg, msg
+    assert "\n" not in msg
+
+
+def test_bad_yaml_and_missing_file(write_spec, tmp_path):
+    with pytest.raises(SpecError, match="is not valid YAML at line 3"):
+        spec_lib.load(write_spec("train:\n  lr: [1,\n"))
+    with pytest.raises(SpecError, match="no such file"):
+        spec_lib.load(tmp_path / "missing.yaml")
+
+
+def test_specs_are_frozen():
+    s = spec_lib.from_dict({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.train.lr = 2.0  # type: ignore[misc]
+
+
+def _spec(**resources_space):
+    return spec_lib.from_dict({"search": {"method": "random", "space": {
+        k: {"choice": v} for k, v in resources_space.items()}}})
+
+
+def test_plan_concurrency_never_oversubscribes_and_rejects_what_cannot_fit():
+    two = {"CPU": 2.0}
+    # Two one-CPU trials fit side by side on 2 cores; 2-worker ones wait on their group.
+    assert spec_lib.plan_concurrency(_spec(num_workers=[1, 2]), two, [two]) == 2
+    assert spec_lib.plan_concurrency(_spec(num_workers=[2]), two, [two]) == 1
+    with pytest.raises(SpecError, match=r"resources.num_workers: 3 workers x 1 CPUs need 3 CPUs but the cluster has 2, got 3"):
+        spec_lib.plan_concurrency(_spec(num_workers=[1, 3]), two, [two])
+    with pytest.raises(SpecError, match="resources.use_gpu: the cluster has no GPU"):
+        spec_lib.plan_concurrency(_spec(use_gpu=[True]), two, [two])
+    with pytest.raises(SpecError, match="cpus_per_worker: no node has that many CPUs"):
+        spec_lib.plan_concurrency(_spec(cpus_per_worker=[4.0]), {"CPU": 8.0},
+                                  [{"CPU": 2.0}] * 4)
+    capped = spec_lib.from_dict({"search": {"max_concurrent": 1}})
+    assert spec_lib.plan_concurrency(capped, {"CPU": 16.0}, [{"CPU": 16.0}]) == 1

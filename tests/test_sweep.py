@@ -1,0 +1,98 @@
+"""End to end on a real local Ray cluster: Tune trials that each run a Ray Train job."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from raytune_ctr import report
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=os.environ.copy())
+    return proc
+
+
+def trials(run_dir: Path) -> pd.DataFrame:
+    df = pd.read_parquet(run_dir / "trials.parquet")
+    return df.sort_values(["trial_index", "epoch"])
+
+
+def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path):
+    data_dir = tmp_path / "data"
+    spec = write_spec({
+        "name": "it-grid",
+        "data": {"dataset": "digits", "data_dir": str(data_dir)},
+        "train": {"model": "mlp", "hidden": [32], "epochs": 2, "optimizer": "adam", "lr": 0.01,
+                  "lr_schedule": "none"},
+        "search": {"method": "grid", "objectives": {"test_acc": "max", "train_time_s": "min"},
+                   "points": [{"num_workers": 2, "batch_size": 64},
+                              {"num_workers": 1, "batch_size": 64},
+                              {"num_workers": 1, "optimizer": "sgd", "lr": 1.0e12}]},
+        "report": {"target_acc": 80.0},
+    })
+    proc = run("experiments/sweep.py", "--config", spec, "--storage-path", tmp_path / "res",
+               "--name", "grid")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "res" / "grid"
+    df = trials(out)
+    status = df.groupby("trial_index")["status"].first().tolist()
+    assert status == ["COMPLETED", "COMPLETED", "FAILED"]
+
+    ddp, single, crashed = (df[df["trial_index"] == i] for i in range(3))
+    assert ddp["epoch"].tolist() == [1, 2] and (ddp["num_workers"] == 2).all()
+    # DDP really split the data: 1347 training images, padded to 1348 for two ranks.
+    assert (ddp["samples_per_s"] * ddp["epoch_time_s"]).round().tolist() == [1348, 1348]
+    assert (single["samples_per_s"] * single["epoch_time_s"]).round().tolist() == [1347, 1347]
+    assert single["test_acc"].iloc[-1] > 80.0
+    # A crash is FAILED with its error, never a score.
+    assert "train_loss is nan" in crashed["error"].iloc[0]
+    assert crashed["test_acc"].isna().all()
+    assert {"env_host", "env_torch", "env_ray", "env_cpu_model"} <= set(df.columns)
+
+    text = (out / "report.md").read_text()
+    assert "## Pareto-optimal configurations" in text and "train_loss is nan" in text
+    for p in report.PLOTS:
+        assert (out / p).is_file()
+    study = optuna.load_study(study_name="grid", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"] and len(study.directions) == 2
+
+    # The report rebuilds from the saved results alone.
+    (out / "report.md").unlink()
+    proc = run("-m", "raytune_ctr.cli", "report", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "report.md").read_text() == text
+
+
+def test_optuna_nsga2_with_asha(write_spec, tmp_path):
+    spec = write_spec({
+        "name": "it-optuna",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [32], "epochs": 3, "optimizer": "adam",
+                  "lr_schedule": "none"},
+        "search": {"method": "optuna", "num_samples": 3,
+                   "objectives": {"test_acc": "max", "train_time_s": "min"},
+                   "scheduler": "asha",
+                   "asha": {"time_attr": "epoch", "grace_period": 1, "reduction_factor": 2},
+                   "space": {"lr": {"loguniform": [1.0e-3, 1.0e-1]},
+                             "batch_size": {"choice": [32, 64]}}},
+    })
+    proc = run("experiments/sweep.py", "--config", spec, "--storage-path", tmp_path / "res",
+               "--name", "opt")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "res" / "opt"
+    df = trials(out)
+    assert df["trial_index"].nunique() == 3
+    assert set(df["status"]) <= {"COMPLETED", "STOPPED"}
+    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert len(study.trials) == 3 and len(study.directions) == 2
+    assert all(1e-3 <= t.params["lr"] <= 1e-1 for t in study.trials)

@@ -1,8 +1,8 @@
 """What does running a config as a raytune_ctr trial cost over plain PyTorch?
 
-Runs one configuration three ways in one process, in the order plain, trial,
-plain, examples (plain twice, around the trial, so drift on a noisy machine
-shows and cancels):
+Runs one configuration three ways in one process, in the order examples, plain,
+trial, plain, examples (the references twice, around the trial, so drift on a
+noisy machine shows and cancels):
   plain     raytune_ctr's own loop (`train.fit`) with no Ray at all
   trial     a one-trial raytune_ctr sweep: Ray Tune trial -> TorchTrainer, 1 worker
   examples  the pytorch/examples MNIST loop: DataLoader over the same tensors, fp32
@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import steady, sweep
 
-from raytune_ctr import data, models, tuner
+from raytune_ctr import data, models
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.train import fit
 
@@ -52,10 +51,6 @@ def examples_loop(ds, args) -> list[float]:
     return times
 
 
-def steady(times: list[float]) -> float:
-    return statistics.mean(times[1:] if len(times) > 1 else times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="fashion-mnist")
@@ -67,7 +62,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    spec = spec_lib.from_dict({
+    spec_map = {
         "name": "overhead",
         "data": {"dataset": args.dataset, "subset": args.subset or None},
         "train": {"model": "mnist_cnn", "epochs": args.epochs, "batch_size": args.batch_size,
@@ -75,37 +70,32 @@ def main() -> None:
         "resources": {"num_workers": 1, "cpus_per_worker": float(args.threads),
                       "threads_per_worker": args.threads},
         "search": {"method": "grid"},
-    })
+    }
+    spec = spec_lib.from_dict(spec_map)
     ds = data.load(spec.data)
+    ex = examples_loop(ds, args)
     plain = [m["epoch_time_s"] for m in fit(spec.data, spec.train)]
 
-    tuner.init_ray(None)
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "overhead"
-        run_dir.mkdir()
-        spec_lib.dump(spec, run_dir / "spec.yaml")
-        t0 = time.perf_counter()
-        df = tuner.run_sweep(spec, run_dir, concurrency=1)
-        wall = time.perf_counter() - t0
-    assert (df["status"] == "COMPLETED").all(), df[["status", "error"]]
+    df, wall = sweep(spec_map)
     trial = df["epoch_time_s"].tolist()
     fixed = wall - df["epoch_time_s"].sum() - df["eval_time_s"].sum()
     plain_after = [m["epoch_time_s"] for m in fit(spec.data, spec.train)]
-    ex = examples_loop(ds, args)
+    ex_after = examples_loop(ds, args)
     plain_s = (steady(plain) + steady(plain_after)) / 2
+    ex_s = (steady(ex) + steady(ex_after)) / 2
 
     out = {
         "dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
         "threads": args.threads, "train_samples": len(ds.train),
-        "examples_s_per_epoch": steady(ex), "plain_s_per_epoch": plain_s,
+        "examples_s_per_epoch": ex_s, "plain_s_per_epoch": plain_s,
         "trial_s_per_epoch": steady(trial),
         "ratio_trial_vs_plain": steady(trial) / plain_s,
-        "ratio_plain_vs_examples": plain_s / steady(ex),
-        "ratio_trial_vs_examples": steady(trial) / steady(ex),
+        "ratio_plain_vs_examples": plain_s / ex_s,
+        "ratio_trial_vs_examples": steady(trial) / ex_s,
         "trial_fixed_cost_s": fixed, "trial_setup_s": float(df["setup_time_s"].iloc[0]),
         "trial_test_acc": float(df["test_acc"].iloc[-1]),
-        "epoch_times": {"plain": plain, "trial": trial, "plain_after": plain_after,
-                        "examples": ex},
+        "epoch_times": {"examples": ex, "plain": plain, "trial": trial,
+                        "plain_after": plain_after, "examples_after": ex_after},
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(out, indent=2))

@@ -64,6 +64,12 @@ class TensorSet(Dataset):
     def __getitem__(self, i):
         return self.x[i], self.y[i]
 
+    def to(self, device: torch.device) -> TensorSet:
+        return TensorSet(self.x.to(device), self.y.to(device))
+
+    def nbytes(self) -> int:
+        return self.x.nbytes + self.y.nbytes
+
 
 REGISTRY: dict[str, Callable[[DataSpec], Datasets]] = {}
 SHAPES: dict[str, Callable[[DataSpec], tuple[int, int, int] | None]] = {}
@@ -277,6 +283,21 @@ def _imagefolder(spec: DataSpec) -> Datasets:
     return Datasets(train, test, tuple(x0.shape), len(train.classes), str(root))
 
 
+# Sets `load` returns as TensorSets, which data_on_device can hold on the GPU.
+IN_MEMORY = {"digits", "synthetic", "mnist", "fashion-mnist"}
+
+
+def place(ds: Datasets, device: torch.device, mode: str | bool) -> bool:
+    """Move an in-memory set onto `device` once, if `mode` (auto|True|False) says so."""
+    if device.type != "cuda" or not ds.in_memory or mode is False:
+        return False
+    size = ds.train.nbytes() + ds.test.nbytes()
+    if mode == "auto" and size > torch.cuda.mem_get_info(device)[0] // 2:
+        return False
+    ds.train, ds.test = ds.train.to(device), ds.test.to(device)
+    return True
+
+
 # --- batching ---------------------------------------------------------------
 
 
@@ -304,6 +325,7 @@ def batches(ds: Dataset, batch_size: int, *, rank: int = 0, world: int = 1,
     device = device or torch.device("cpu")
     idx = shard_indices(len(ds), rank, world, seed=seed, pad=train)
     if isinstance(ds, TensorSet):
+        idx = idx.to(ds.x.device)  # a set already on the GPU is gathered there
         for i in range(0, len(idx), batch_size):
             b = idx[i : i + batch_size]
             yield (ds.x[b].to(device, non_blocking=True), ds.y[b].to(device, non_blocking=True))

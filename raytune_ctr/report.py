@@ -84,8 +84,12 @@ def time_table(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, str]:
     })
     base = baseline_config(ok, spec)
     per["speedup"] = per.loc[base, "s/epoch"] / per["s/epoch"]
-    return per.round({"s/epoch": 2, "total train s": 1, "samples/s": 0,
-                      "final test acc %": 2, "speedup": 2}), base
+    # What the speedup costs in accuracy (studies.md S5): points against the baseline.
+    per["Δ acc (points)"] = per["final test acc %"] - per.loc[base, "final test acc %"]
+    if "cost_usd" in last and last["cost_usd"].notna().any():
+        per["cost USD"] = last.groupby("config", sort=False)["cost_usd"].mean()
+    return per.round({"s/epoch": 2, "total train s": 1, "samples/s": 0, "final test acc %": 2,
+                      "speedup": 2, "Δ acc (points)": 2, "cost USD": 5}), base
 
 
 def baseline_config(df: pd.DataFrame, spec: Spec) -> str:
@@ -146,6 +150,9 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[df["epoch"].notna()]
     if rows.empty:
         return pd.DataFrame()
+    for col in ("flops_per_sample", "tflops", "mfu", "gpu_util", "peak_cuda_mb"):
+        if col not in rows:  # results written before these figures existed
+            rows = rows.assign(**{col: float("nan")})
     g = rows.groupby("trial_index", sort=True)
     out = pd.DataFrame({
         "config": g["config"].first(),
@@ -157,6 +164,10 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
         "setup s": g["setup_time_s"].first().round(2),
         "peak RSS MB": g["peak_rss_mb"].max().round(0),
         "peak CUDA MB": g["peak_cuda_mb"].max().round(0),
+        "GFLOP/sample": (g["flops_per_sample"].first() / 1e9).round(4),
+        "TFLOP/s": g["tflops"].mean().round(3),
+        "MFU %": (100 * g["mfu"].mean()).round(1),
+        "GPU util %": g["gpu_util"].mean().round(0),
         "host": g["env_host"].first() if "env_host" in rows else "",
     })
     return out.dropna(axis=1, how="all")
@@ -179,7 +190,10 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if not last.empty:
-        ax.scatter(last["train_time_s"], last["test_acc"], c="tab:blue", label="trial (final epoch)")
+        # Colour by throughput, so a point's hardware cost shows next to its accuracy.
+        pts = ax.scatter(last["train_time_s"], last["test_acc"], c=last["samples_per_s"],
+                         cmap="viridis", label="trial (final epoch)")
+        fig.colorbar(pts, ax=ax, label="samples/s")
         mask = pareto_mask(last[["test_acc", "train_time_s"]].to_numpy(float), [True, False])
         front = last[mask].sort_values("train_time_s")
         ax.step(front["train_time_s"], front["test_acc"], where="post", c="tab:red",
@@ -191,7 +205,7 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
            title=f"{spec.name}: accuracy against train time")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(run_dir / "pareto.png", dpi=120)
+    fig.savefig(run_dir / "pareto.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -201,7 +215,7 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     if ok["trial_index"].nunique() <= 12:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(run_dir / "acc_by_epoch.png", dpi=120)
+    fig.savefig(run_dir / "acc_by_epoch.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * ok["config"].nunique() + 1)))
@@ -211,7 +225,7 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     ax.set(xlabel="seconds per epoch", title="time per epoch by config")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(run_dir / "epoch_time.png", dpi=120)
+    fig.savefig(run_dir / "epoch_time.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -60,6 +60,9 @@ class DataSpec:
     num_samples: PositiveInt = 4096
     # DataLoader processes for on-disk image datasets; in-memory sets need none.
     loader_workers: Annotated[StrictInt, Field(ge=0)] = 0
+    # Hold an in-memory set on the GPU and batch it there (no DataLoader, no copies).
+    # auto: on CUDA when it takes under half the free GPU memory.
+    data_on_device: Literal["auto"] | StrictBool = "auto"
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -78,6 +81,11 @@ class TrainSpec:
     lr_schedule: Literal["step", "onecycle", "none"] = "step"
     gamma: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.7  # StepLR, per epoch (pytorch/examples)
     seed: Annotated[StrictInt, Field(ge=0)] = 1
+    # The fast path: bf16 autocast, channels_last for conv nets (auto: on CUDA),
+    # torch.compile (compiled during set-up, outside train time).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: Literal["auto"] | StrictBool = "auto"
+    compile: StrictBool = False
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -88,6 +96,19 @@ class ResourceSpec:
     gpus_per_worker: PositiveFloat = 1.0
     # torch intra-op threads per worker; None = the worker's whole CPUs, at least 1.
     threads_per_worker: PositiveInt | None = None
+    # Peak TFLOP/s of one worker's device, for MFU; default: the known-GPU table.
+    peak_tflops: PositiveFloat | None = None
+    # Prices for cost_usd: a node's hourly price divided by its vCPUs or GPUs
+    # (e.g. GCP n1-standard-2 on demand $0.095/h -> 0.0475 per vCPU-hour; use the
+    # spot/preemptible price for Spot nodes). 0 leaves cost_usd out.
+    cpu_hour_usd: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    gpu_hour_usd: Annotated[StrictFloat, Field(ge=0)] = 0.0
+
+    @property
+    def hour_usd(self) -> float:
+        """What one hour of this trial's reservation costs."""
+        gpu = self.gpus_per_worker * self.gpu_hour_usd if self.use_gpu else 0.0
+        return self.num_workers * (self.cpus_per_worker * self.cpu_hour_usd + gpu)
 
     @property
     def threads(self) -> int:
@@ -343,6 +364,9 @@ def _check(spec: Spec) -> None:
     from raytune_ctr import data
 
     data.check(spec.data)
+    if spec.data.data_on_device is True and spec.data.dataset not in data.IN_MEMORY:
+        raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
+                        f"{sorted(data.IN_MEMORY)}", True)
     for train, res in all_trials(spec):
         if train.batch_size < res.num_workers:
             raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "

@@ -8,6 +8,9 @@ Each epoch reports (global over all workers):
     data_time_s    part of epoch_time_s spent waiting for batches
     eval_time_s, setup_time_s (data + model build, once), samples_per_s,
     peak_rss_mb (largest worker), peak_cuda_mb (GPU only),
+    flops_per_sample (training, counted once), tflops (achieved), mfu (against the
+    device's peak; absent when unknown), gpu_util (NVML %, GPU only),
+    cost_usd (train time x the reservation's hourly price, when prices are set),
 plus the worker's environment fingerprint as env_* strings.
 """
 
@@ -25,15 +28,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from raytune_ctr import data, models
+from raytune_ctr import data, hardware, models
 from raytune_ctr.fingerprint import fingerprint
 from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec
 
 METRICS = {
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
     "train_time_s", "data_time_s", "eval_time_s", "setup_time_s", "samples_per_s",
-    "peak_rss_mb", "peak_cuda_mb",
+    "peak_rss_mb", "peak_cuda_mb", "flops_per_sample", "tflops", "mfu", "gpu_util",
+    "cost_usd",
 }
+# What the fast path chose for a trial (auto settings resolved), kept beside the metrics.
+FACTS = {"data_on_device", "channels_last"}
 
 
 def seed_everything(seed: int) -> None:
@@ -83,8 +89,20 @@ def _reduce(values: list[float], op=None) -> list[float]:
     return t.tolist()
 
 
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The net under torch.compile's and DDP's wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
 def train_epoch(model: nn.Module, ds, opt, sched, per_batch: bool, *, batch_size: int,
-                rank: int, world: int, seed: int, device: torch.device, loader_workers: int = 0):
+                rank: int, world: int, seed: int, device: torch.device, loader_workers: int = 0,
+                precision: str = "fp32", memory_format=torch.contiguous_format):
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -95,9 +113,11 @@ def train_epoch(model: nn.Module, ds, opt, sched, per_batch: bool, *, batch_size
                       loader_workers=loader_workers)
     for wait, (x, y) in data.timed(it):
         data_time += wait
+        x = x.contiguous(memory_format=memory_format)
         opt.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+        with _autocast(device, precision):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
         loss.backward()
         opt.step()
         if per_batch:
@@ -113,21 +133,34 @@ def train_epoch(model: nn.Module, ds, opt, sched, per_batch: bool, *, batch_size
 
 @torch.no_grad()
 def evaluate(model: nn.Module, ds, *, batch_size: int, rank: int, world: int,
-             device: torch.device, loader_workers: int = 0):
+             device: torch.device, loader_workers: int = 0, precision: str = "fp32",
+             memory_format=torch.contiguous_format):
     # The bare module: DDP's forward would sync buffers, and ranks may hold
     # different numbers of test batches.
-    net = getattr(model, "module", model)
+    net = _bare(model)
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     for x, y in data.batches(ds, batch_size, rank=rank, world=world, seed=None, train=False,
                              device=device, loader_workers=loader_workers):
-        out = net(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+        with _autocast(device, precision):
+            out = net(x.contiguous(memory_format=memory_format))
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
         n += len(y)
     return float(loss_sum), int(correct), n
+
+
+def _warm_up(model: nn.Module, ds, batch_size: int, device: torch.device, fast: dict) -> None:
+    """Compile forward and backward on one batch before the clock starts; no step is
+    taken, so the weights stay as seeded."""
+    x, y = next(data.batches(ds.train, batch_size, seed=0, device=device))
+    with _autocast(device, fast["precision"]):
+        loss = F.cross_entropy(model(x.contiguous(memory_format=fast["memory_format"])), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    _sync(device)
 
 
 def peak_rss_mb() -> float:
@@ -136,21 +169,35 @@ def peak_rss_mb() -> float:
 
 def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = None,
         rank: int = 0, world: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
-        report: Callable[[dict], None] | None = None, loader_workers: int | None = None) -> list[dict]:
+        report: Callable[[dict], None] | None = None, loader_workers: int | None = None,
+        peak_tflops: float | None = None, hour_usd: float = 0.0) -> list[dict]:
     """Train `spec.epochs` epochs, calling `report(metrics)` after each; returns all metrics."""
     device = device or torch.device("cpu")
+    per_rank = max(1, spec.batch_size // world)
     t0 = time.perf_counter()
     seed_everything(spec.seed)
     ds = data.load(data_spec)
+    on_device = data.place(ds, device, data_spec.data_on_device)
     model = models.build(spec.model, ds.input_shape, ds.num_classes, hidden=spec.hidden).to(device)
+    flops = hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device)
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = spec.channels_last is True or (
+        spec.channels_last == "auto" and device.type == "cuda" and conv)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     if wrap is not None:
         model = wrap(model)
-    per_rank = max(1, spec.batch_size // world)
+    if spec.compile:
+        model = torch.compile(model)
     steps = math.ceil(math.ceil(len(ds.train) / world) / per_rank)
     opt = make_optimizer(spec, model.parameters())
     sched, per_batch = make_schedule(spec, opt, steps)
     env = {f"env_{k}": v for k, v in fingerprint(device).items()}
+    peak = hardware.peak_tflops(env["env_gpu_name"], spec.precision, peak_tflops)
     lw = data_spec.loader_workers if loader_workers is None else loader_workers
+    fast = {"precision": spec.precision, "memory_format": fmt}
+    if spec.compile:
+        _warm_up(model, ds, per_rank, device, fast)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup_time = time.perf_counter() - t0
@@ -158,14 +205,16 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
     history, train_time = [], 0.0
     for epoch in range(1, spec.epochs + 1):
         # Same permutation on every rank for an epoch, different across epochs.
-        loss, correct, n, elapsed, data_time = train_epoch(
-            model, ds.train, opt, sched, per_batch, batch_size=per_rank, rank=rank, world=world,
-            seed=spec.seed * 100_003 + epoch, device=device, loader_workers=lw)
+        with hardware.GpuUtilization(device) as util:
+            loss, correct, n, elapsed, data_time = train_epoch(
+                model, ds.train, opt, sched, per_batch, batch_size=per_rank, rank=rank,
+                world=world, seed=spec.seed * 100_003 + epoch, device=device, loader_workers=lw,
+                **fast)
         if sched is not None and not per_batch:
             sched.step()
         t_eval = time.perf_counter()
         tloss, tcorrect, tn = evaluate(model, ds.test, batch_size=spec.test_batch_size, rank=rank,
-                                       world=world, device=device, loader_workers=lw)
+                                       world=world, device=device, loader_workers=lw, **fast)
         eval_time = time.perf_counter() - t_eval
         loss, correct, n, tloss, tcorrect, tn = _reduce([loss, correct, n, tloss, tcorrect, tn])
         elapsed, data_time, eval_time, rss = _reduce(
@@ -178,7 +227,17 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
             "epoch_time_s": elapsed, "train_time_s": train_time,
             "data_time_s": data_time, "eval_time_s": eval_time, "setup_time_s": setup_time,
             "samples_per_s": n / elapsed, "peak_rss_mb": rss,
+            "flops_per_sample": flops, "tflops": flops * n / elapsed / 1e12,
         }
+        if hour_usd:
+            metrics["cost_usd"] = train_time / 3600 * hour_usd
+        if peak:
+            metrics["mfu"] = metrics["tflops"] / (peak * world)
+        # Every rank joins the reduction (NaN where NVML gave nothing): a collective
+        # that only some ranks enter would hang the group.
+        gpu_util = _reduce([float("nan") if util.mean is None else util.mean])[0] / world
+        if math.isfinite(gpu_util):
+            metrics["gpu_util"] = gpu_util
         if device.type == "cuda":
             metrics["peak_cuda_mb"] = _reduce([torch.cuda.max_memory_allocated(device) / 2**20],
                                               dist.ReduceOp.MAX if world > 1 else None)[0]
@@ -186,7 +245,7 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
             # A diverged trial is a failure, never a low score.
             raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
                                      f"(lr={spec.lr}, optimizer={spec.optimizer})")
-        metrics |= env
+        metrics |= env | {"data_on_device": on_device, "channels_last": channels_last}
         history.append(metrics)
         if report is not None:
             report(metrics)
@@ -208,4 +267,5 @@ def train_func(config: dict) -> None:
     # 3. Train; prepare_model wraps the net in DDP (gloo on CPU, nccl on GPU).
     fit(data_spec, spec, device=ray.train.torch.get_device(), rank=ctx.get_world_rank(),
         world=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
-        report=lambda m: ray.train.report(m))
+        report=lambda m: ray.train.report(m), peak_tflops=res.peak_tflops,
+        hour_usd=res.hour_usd)

@@ -17,7 +17,7 @@ import pandas as pd
 from raytune_ctr import data
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.spec import Spec, SpecError
-from raytune_ctr.train import METRICS, train_func
+from raytune_ctr.train import FACTS, METRICS, train_func
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,12 @@ def optuna_storage_url(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
 
 
-def _search(spec: Spec, run_dir: Path):
-    """(param_space, search_alg, num_samples) for the spec's method."""
+def _search(spec: Spec, run_dir: Path, concurrency: int):
+    """(param_space, search_alg, num_samples) for the spec's method.
+
+    The concurrency limit goes to the searcher itself: Tune ignores
+    TuneConfig.max_concurrent_trials for a BasicVariantGenerator.
+    """
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     s = spec.search
@@ -105,11 +109,14 @@ def _search(spec: Spec, run_dir: Path):
         train, res = spec.resolve({})
         fixed = dataclasses.asdict(train) | dataclasses.asdict(res)
         space = {k: fixed[k] for k in spec.searched_keys()}
-        return space, BasicVariantGenerator(points_to_evaluate=points), len(points)
+        return (space, BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency),
+                len(points))
     space = {k: _domain(d) for k, d in s.space.items()}
     points = [dict(p) for p in s.points] or None
     if s.method == "random":
-        return space, BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed), s.num_samples
+        gen = BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed,
+                                    max_concurrent=concurrency)
+        return space, gen, s.num_samples
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -163,14 +170,15 @@ def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int) -> pd.DataFrame:
     from ray import tune
 
     run_dir = Path(run_dir).resolve()
-    param_space, search_alg, num_samples = _search(spec, run_dir)
+    param_space, search_alg, num_samples = _search(spec, run_dir, concurrency)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, run_dir=str(run_dir)), TRIAL_DRIVER_RESOURCES)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
-                                    scheduler=_scheduler(spec), max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
+            max_concurrent_trials=None if spec.search.method != "optuna" else concurrency),
         run_config=tune.RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
                                   verbose=1),
     )
@@ -216,7 +224,7 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
         else:
             status, error = ("COMPLETED" if last >= train.epochs else "STOPPED"), ""
         base |= {"status": status, "error": error}
-        keep = lambda k: k in METRICS or k.startswith("env_")  # noqa: E731
+        keep = lambda k: k in METRICS or k in FACTS or k.startswith("env_")  # noqa: E731
         for e in epochs or [{}]:
             rows.append(base | {k: v for k, v in e.items() if keep(k)})
     df = pd.DataFrame(rows)

@@ -54,6 +54,7 @@ def test_tables_answer_and_pareto(tmp_path):
     assert base == "batch_size=64 lr=1.0"
     assert times.loc["batch_size=32 lr=1.0", "speedup"] == 0.7
     assert times.loc["batch_size=128 lr=1.0", "speedup"] == 1.4
+    assert times.loc["batch_size=128 lr=1.0", "Δ acc (points)"] == -0.9
     front = report.pareto_front(df, spec)
     assert set(front["config"]) == {"batch_size=32 lr=1.0", "batch_size=64 lr=1.0",
                                     "batch_size=128 lr=1.0", "batch_size=128 lr=1.5"}

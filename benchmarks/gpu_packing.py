@@ -1,0 +1,50 @@
+"""P3: 8 small trials packed on one GPU (0.25 GPU each) against one trial alone.
+
+Target: the 8 finish in <= 2x the wall time of one.
+
+    python benchmarks/gpu_packing.py --data-dir /tmp/data/fashion-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from _common import sweep
+
+
+def spec(args, n: int) -> dict:
+    return {
+        "name": f"p3-{n}",
+        "data": {"dataset": args.dataset, "data_dir": args.data_dir, "data_on_device": True},
+        "train": {"model": "mnist_cnn", "epochs": args.epochs, "batch_size": 128,
+                  "optimizer": "adadelta", "lr": 1.0, "precision": "bf16"},
+        "resources": {"use_gpu": True, "gpus_per_worker": 0.25, "cpus_per_worker": 1.0},
+        "search": {"method": "grid", "grid": {"seed": list(range(n))}},
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default="/tmp/data/fashion-mnist")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    _, one = sweep(spec(args, 1))
+    df, many = sweep(spec(args, args.trials))
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "one_trial_wall_s": one,
+              "packed_wall_s": many, "trials": args.trials, "ratio": many / one,
+              "mean_epoch_s_packed": float(df["epoch_time_s"].mean())}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

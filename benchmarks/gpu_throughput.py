@@ -1,0 +1,52 @@
+"""P4: ResNet-50 training throughput in a trial (224 px, bf16, synthetic data, one GPU).
+
+Target: >= 5,000 images/s on an H100 (plain eager PyTorch: about 4,000).
+
+    python benchmarks/gpu_throughput.py [--batch-size 256] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from _common import sweep
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    df, _ = sweep({
+        "name": "p4",
+        "data": {"dataset": "synthetic", "image_size": 224, "channels": 3, "num_classes": 1000,
+                 "num_samples": args.samples, "data_on_device": True},
+        "train": {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+                  "optimizer": "sgd", "lr": 0.1, "lr_schedule": "none", "precision": "bf16",
+                  "compile": args.compile, "test_batch_size": 256},
+        "resources": {"use_gpu": True, "cpus_per_worker": 4.0},
+        "search": {"method": "grid", "objectives": {"samples_per_s": "max"}},
+    })
+    t = df.sort_values("epoch")
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "model": args.model, "compile": args.compile,
+              "batch_size": args.batch_size,
+              "images_per_s_by_epoch": t["samples_per_s"].tolist(),
+              "images_per_s": float(t["samples_per_s"].iloc[1:].mean()),
+              "mfu": t["mfu"].tolist() if "mfu" in t else None,
+              "peak_cuda_mb": float(t["peak_cuda_mb"].max())}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Per-trial hardware figures: FLOPs per sample, achieved TFLOP/s, MFU, GPU utilization.
+
+FLOPs are counted once per trial with `torch.utils.flop_counter` on one
+forward+backward pass, outside the timed epochs. GPU utilization is sampled
+through NVML (`nvidia-ml-py`) while an epoch runs; on a CPU it is absent, not 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Dense peak TFLOP/s from NVIDIA's data sheets (SXM parts where there are two).
+# fp32 is the non-tensor-core rate; bf16 the dense tensor-core rate (T4: fp16).
+PEAK_TFLOPS = {
+    "H200": {"fp32": 67.0, "bf16": 989.5},
+    "H100": {"fp32": 67.0, "bf16": 989.5},
+    "A100": {"fp32": 19.5, "bf16": 312.0},
+    "L4": {"fp32": 30.3, "bf16": 121.0},
+    "T4": {"fp32": 8.1, "bf16": 65.0},
+}
+
+
+def peak_tflops(gpu_name: str, precision: str = "fp32", override: float | None = None) -> float | None:
+    """The device's peak for this precision: the override, else the table, else None."""
+    if override:
+        return override
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in gpu_name.upper():
+            return peaks.get(precision)
+    return None
+
+
+def flops_per_sample(model: nn.Module, shape: tuple[int, ...], num_classes: int,
+                     device: torch.device, batch: int = 2) -> float:
+    """Training FLOPs (forward + backward) per sample, counted on one small batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = getattr(model, "module", model)  # count the bare net, not DDP's hooks
+    x = torch.zeros(batch, *shape, device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.cross_entropy(net(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+class GpuUtilization:
+    """Mean NVML GPU utilization (%) over a `with` block, sampled every `period` s.
+
+    `.mean` is None on a CPU, without nvidia-ml-py, or when NVML cannot start.
+    """
+
+    def __init__(self, device: torch.device, period: float = 0.1):
+        self.device, self.period, self.mean = device, period, None
+        self._samples: list[int] = []
+        self._stop = threading.Event()
+        self._handle = None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            # By UUID: under CUDA_VISIBLE_DEVICES (Ray sets it per worker) torch's
+            # index 0 is not NVML's index 0.
+            props = torch.cuda.get_device_properties(device)
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{props.uuid}")
+            self._nvml = pynvml
+        except Exception as err:  # no driver library, no package: the figure is just absent
+            log.info("GPU utilization not sampled: %s", err)
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            self._samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __enter__(self):
+        if self._handle is not None:
+            self._samples, self._stop = [], threading.Event()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._handle is not None:
+            self._stop.set()
+            self._thread.join()
+            self.mean = sum(self._samples) / len(self._samples) if self._samples else None
+        return False

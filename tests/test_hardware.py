@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from raytune_ctr import hardware, models
+from raytune_ctr.spec import DataSpec, TrainSpec
+from raytune_ctr.train import fit
+
+
+def test_mlp_training_flops_are_counted_exactly():
+    net = models.build("mlp", (1, 28, 28), 10)
+    flops = hardware.flops_per_sample(net, (1, 28, 28), 10, torch.device("cpu"))
+    forward = 2 * 784 * 100 + 2 * 100 * 10
+    # Backward: weight grads of both layers plus the input grad of the second
+    # (the images need no grad).
+    backward = 2 * 784 * 100 + 2 * (2 * 100 * 10)
+    assert flops == forward + backward
+    assert all(p.grad is None for p in net.parameters())  # counting leaves no trace
+
+
+@pytest.mark.parametrize("name,precision,want", [
+    ("NVIDIA H100 80GB HBM3", "fp32", 67.0), ("NVIDIA H200", "bf16", 989.5),
+    ("NVIDIA A100-SXM4-40GB", "bf16", 312.0), ("Tesla T4", "fp32", 8.1),
+    ("NVIDIA L4", "bf16", 121.0), ("none", "fp32", None), ("AMD EPYC", "bf16", None),
+])
+def test_peak_table(name, precision, want):
+    assert hardware.peak_tflops(name, precision) == want
+    assert hardware.peak_tflops(name, precision, override=5.0) == 5.0
+
+
+def test_gpu_utilization_is_absent_on_cpu():
+    with hardware.GpuUtilization(torch.device("cpu")) as util:
+        pass
+    assert util.mean is None
+
+
+def test_fit_reports_flops_and_mfu_only_with_a_known_peak(tmp_path):
+    data = DataSpec(data_dir=str(tmp_path))
+    spec = TrainSpec(model="mlp", epochs=1, optimizer="adam", lr=1e-3)
+    m = fit(data, spec)[0]
+    assert m["flops_per_sample"] > 0
+    assert m["tflops"] == pytest.approx(m["flops_per_sample"] * m["samples_per_s"] / 1e12)
+    assert "mfu" not in m and "gpu_util" not in m  # absent on CPU, never 0
+    m = fit(data, spec, peak_tflops=0.5)[0]
+    assert m["mfu"] == pytest.approx(m["tflops"] / 0.5)

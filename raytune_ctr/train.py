@@ -39,7 +39,7 @@ METRICS = {
     "cost_usd",
 }
 # What the fast path chose for a trial (auto settings resolved), kept beside the metrics.
-FACTS = {"data_on_device", "channels_last"}
+FACTS = {"data_on_device_used", "channels_last_used"}
 
 
 def seed_everything(seed: int) -> None:
@@ -245,7 +245,7 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
             # A diverged trial is a failure, never a low score.
             raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
                                      f"(lr={spec.lr}, optimizer={spec.optimizer})")
-        metrics |= env | {"data_on_device": on_device, "channels_last": channels_last}
+        metrics |= env | {"data_on_device_used": on_device, "channels_last_used": channels_last}
         history.append(metrics)
         if report is not None:
             report(metrics)

@@ -231,6 +231,14 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
     for col in METRICS:
         if col not in df:
             df[col] = float("nan")
+    return one_type_per_column(df)
+
+
+def one_type_per_column(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: a searched `"auto" | true | false` becomes text."""
+    for col in df.columns:
+        if pd.api.types.is_object_dtype(df[col]) and len({type(v) for v in df[col].dropna()}) > 1:
+            df[col] = df[col].map(lambda v: v if pd.isna(v) else str(v))
     return df
 
 

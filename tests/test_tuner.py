@@ -1,0 +1,31 @@
+"""Sweep plumbing that needs no Ray cluster; end-to-end runs are in test_sweep.py."""
+
+import pandas as pd
+
+from raytune_ctr import spec as spec_lib
+from raytune_ctr import tuner
+
+
+def test_mixed_type_columns_become_text_for_parquet(tmp_path):
+    df = pd.DataFrame({"channels_last": ["auto", True, None], "lr": [0.1, 0.2, 0.3],
+                       "model": ["mlp", "mlp", "mlp"]})
+    out = tuner.one_type_per_column(df.copy())
+    assert out["channels_last"].tolist()[:2] == ["auto", "True"] and pd.isna(out["channels_last"][2])
+    assert out["lr"].tolist() == [0.1, 0.2, 0.3]
+    out.to_parquet(tmp_path / "t.parquet")
+
+
+def test_smoke_keeps_two_configs_one_epoch_small_data():
+    s = spec_lib.load("experiments/configs/s2_epochs_lr_batch.yaml")
+    small = tuner.smoke(s)
+    assert small.train.epochs == 1 and small.data.subset == 512
+    assert small.grid_points() == [{}, {}]  # epochs, the only searched key here, is pinned
+    q = tuner.smoke(spec_lib.load("experiments/configs/quickstart.yaml"))
+    assert q.search.num_samples == 2 and "epochs" not in q.search.space
+    spec_lib.from_dict(q.to_dict())  # still a valid spec
+
+
+def test_grid_space_holds_every_searched_key(tmp_path):
+    s = spec_lib.load("experiments/configs/s1_batch_lr.yaml")
+    space, gen, n = tuner._search(s, tmp_path, concurrency=1)
+    assert space == {"batch_size": 64, "lr": 1.0} and n == 5

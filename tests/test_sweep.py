@@ -96,3 +96,14 @@ def test_optuna_nsga2_with_asha(write_spec, tmp_path):
     study = optuna.load_study(study_name="opt", storage=f"sqlite:///{out / 'optuna.db'}")
     assert len(study.trials) == 3 and len(study.directions) == 2
     assert all(1e-3 <= t.params["lr"] <= 1e-1 for t in study.trials)
+
+
+def test_quickstart_smoke_is_the_readme_job_in_small(tmp_path, monkeypatch):
+    """`python experiments/sweep.py --smoke`: the default config, two trials, one epoch."""
+    monkeypatch.setenv("RAYTUNE_CTR_DATA", str(tmp_path / "data"))
+    proc = run("experiments/sweep.py", "--smoke", "--storage-path", tmp_path, "--name", "smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = trials(tmp_path / "smoke")
+    assert df["trial_index"].nunique() == 2 and (df["epoch"] == 1).all()
+    assert (tmp_path / "smoke" / "report.md").is_file()
+    assert "Fastest configuration" in proc.stdout or "No configuration reached" in proc.stdout

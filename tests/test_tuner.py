@@ -29,3 +29,11 @@ def test_grid_space_holds_every_searched_key(tmp_path):
     s = spec_lib.load("experiments/configs/s1_batch_lr.yaml")
     space, gen, n = tuner._search(s, tmp_path, concurrency=1)
     assert space == {"batch_size": 64, "lr": 1.0} and n == 5
+
+
+def test_asha_can_count_train_seconds():
+    s = spec_lib.from_dict({"search": {"scheduler": "asha", "asha": {
+        "time_attr": "train_time_s", "max_t": 60.0, "grace_period": 5.0}}})
+    sched = tuner._scheduler(s)
+    assert (sched._time_attr, sched._metric, sched._mode) == ("train_time_s", "test_acc", "max")
+    assert tuner._scheduler(spec_lib.from_dict({})) is None

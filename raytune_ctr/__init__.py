@@ -7,5 +7,7 @@ Pipeline, one module each: data -> models -> train (the loop) -> spec -> tuner
 from raytune_ctr.data import DataError
 from raytune_ctr.spec import Spec, SpecError, load
 
-__all__ = ["DataError", "Spec", "SpecError", "load"]
+__all__ = ["DataError", "RAY_VERSION", "Spec", "SpecError", "load"]
 __version__ = "0.1.0"
+# Declared once; tests check pyproject's pin, the images and the KubeRay manifests against it.
+RAY_VERSION = "2.60.0"

@@ -146,7 +146,8 @@ def _scheduler(spec: Spec):
 def init_ray(address: str | None, verbose: bool = False) -> None:
     import ray
 
-    env = LOCAL_TRAIN_ENV if address is None else CLUSTER_TRAIN_ENV
+    defaults = LOCAL_TRAIN_ENV if address is None else CLUSTER_TRAIN_ENV
+    env = {k: os.environ.get(k, v) for k, v in defaults.items()}  # the user's setting wins
     try:
         # The dashboard stays on: Train's PlacementGroupCleaner asks its state API
         # whether a controller is gone, and without it a trial stopped by ASHA

@@ -1,0 +1,1 @@
+"""Cluster plumbing: KubeRay resources (kuberay.py) and their schema checks (schema.py)."""

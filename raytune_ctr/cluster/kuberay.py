@@ -1,0 +1,153 @@
+"""KubeRay resources for raytune_ctr, rendered from one source.
+
+`cluster/kuberay/raycluster.yaml` and `rayjob.yaml` are this module's output
+(`python -m raytune_ctr.cluster.kuberay`); tests check the files still equal it.
+
+The cluster: a head that does no training (num-cpus 0), a CPU worker group and a
+Spot GPU worker group that scales from 0, KubeRay's in-tree autoscaler, every
+container non-root, and the head's services on a ClusterIP only (reach the
+dashboard with `kubectl port-forward`).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from raytune_ctr import RAY_VERSION
+
+UID = 1000  # the image's non-root user (images/Dockerfile)
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    name: str
+    min_replicas: int
+    max_replicas: int
+    replicas: int
+    cpu: str
+    memory: str
+    gpus: int = 0
+    accelerator: str | None = None  # GKE accelerator label, e.g. nvidia-l4
+    spot: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str = "raytune-ctr"
+    image: str = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr:latest"
+    gpu_image: str = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr-gpu:latest"
+    head_cpu: str = "2"
+    head_memory: str = "8Gi"
+    groups: tuple[WorkerGroup, ...] = field(default_factory=lambda: (
+        WorkerGroup("cpu", 0, 4, 1, cpu="4", memory="16Gi", spot=True),
+        WorkerGroup("gpu", 0, 2, 0, cpu="8", memory="32Gi", gpus=1, accelerator="nvidia-l4",
+                    spot=True),
+    ))
+
+
+def _container(name: str, image: str, cpu: str, memory: str, gpus: int = 0,
+               ports: list[dict] | None = None) -> dict:
+    limits = {"cpu": cpu, "memory": memory} | ({"nvidia.com/gpu": gpus} if gpus else {})
+    c = {
+        "name": name,
+        "image": image,
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": UID,
+                            "allowPrivilegeEscalation": False},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    if ports:
+        c["ports"] = ports
+    return c
+
+
+def _pod(container: dict, group: WorkerGroup | None = None) -> dict:
+    spec: dict = {"containers": [container],
+                  "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "fsGroup": UID},
+                  "volumes": [{"name": "data", "emptyDir": {}}]}
+    if group is not None:
+        selector, tolerations = {}, []
+        if group.accelerator:
+            selector["cloud.google.com/gke-accelerator"] = group.accelerator
+            tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists",
+                                "effect": "NoSchedule"})
+        if group.spot:
+            selector["cloud.google.com/gke-spot"] = "true"
+            tolerations.append({"key": "cloud.google.com/gke-spot", "operator": "Equal",
+                                "value": "true", "effect": "NoSchedule"})
+        if selector:
+            spec["nodeSelector"] = selector
+        if tolerations:
+            spec["tolerations"] = tolerations
+    return {"spec": spec}
+
+
+def raycluster_spec(cfg: ClusterConfig = ClusterConfig()) -> dict:
+    head = _container("ray-head", cfg.image, cfg.head_cpu, cfg.head_memory, ports=[
+        {"containerPort": 6379, "name": "gcs"},
+        {"containerPort": 8265, "name": "dashboard"},
+        {"containerPort": 10001, "name": "client"}])
+    workers = []
+    for g in cfg.groups:
+        image = cfg.gpu_image if g.gpus else cfg.image
+        workers.append({
+            "groupName": g.name,
+            "replicas": g.replicas,
+            "minReplicas": g.min_replicas,
+            "maxReplicas": g.max_replicas,
+            "rayStartParams": {},
+            "template": _pod(_container("ray-worker", image, g.cpu, g.memory, g.gpus), g),
+        })
+    return {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": 120},
+        "headGroupSpec": {
+            # ClusterIP only: the dashboard and GCS never get a public address.
+            "serviceType": "ClusterIP",
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            "template": _pod(head),
+        },
+        "workerGroupSpecs": workers,
+    }
+
+
+def raycluster(cfg: ClusterConfig = ClusterConfig()) -> dict:
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster",
+            "metadata": {"name": cfg.name, "labels": {"app": "raytune-ctr"}},
+            "spec": raycluster_spec(cfg)}
+
+
+DEFAULT_ENTRYPOINT = ("python experiments/sweep.py --config experiments/configs/s1_batch_lr.yaml "
+                      "--address auto --storage-path /data/results")
+
+
+def rayjob(cfg: ClusterConfig = ClusterConfig(), entrypoint: str = DEFAULT_ENTRYPOINT) -> dict:
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob",
+            "metadata": {"name": f"{cfg.name}-sweep", "labels": {"app": "raytune-ctr"}},
+            "spec": {"entrypoint": entrypoint,
+                     "shutdownAfterJobFinishes": True,
+                     "ttlSecondsAfterFinished": 600,
+                     "rayClusterSpec": copy.deepcopy(raycluster_spec(cfg))}}
+
+
+HEADER = "# Generated by `python -m raytune_ctr.cluster.kuberay`; edit raytune_ctr/cluster/kuberay.py.\n"
+FILES = {"raycluster.yaml": raycluster, "rayjob.yaml": rayjob}
+
+
+def render(name: str) -> str:
+    return HEADER + yaml.safe_dump(FILES[name](), sort_keys=False)
+
+
+def main(out_dir: str = "cluster/kuberay") -> None:
+    for name in FILES:
+        (Path(out_dir) / name).write_text(render(name))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -39,3 +40,15 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
 def steady(times: list[float]) -> float:
     """Mean epoch time after the first (warm-up) epoch."""
     return statistics.mean(times[1:] if len(times) > 1 else times)
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print the figures with where and when they were measured; save them if asked."""
+    import torch
+
+    where = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    text = json.dumps(where | result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text)

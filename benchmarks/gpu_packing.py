@@ -8,12 +8,8 @@ Target: the 8 finish in <= 2x the wall time of one.
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
-import torch
-from _common import sweep
+from _common import emit, sweep
 
 
 def spec(args, n: int) -> dict:
@@ -37,13 +33,10 @@ def main():
     args = p.parse_args()
     _, one = sweep(spec(args, 1))
     df, many = sweep(spec(args, args.trials))
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "one_trial_wall_s": one,
+    result = {"one_trial_wall_s": one,
               "packed_wall_s": many, "trials": args.trials, "ratio": many / one,
               "mean_epoch_s_packed": float(df["epoch_time_s"].mean())}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

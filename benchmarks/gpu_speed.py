@@ -14,14 +14,12 @@ Target: trial >= 4x faster per epoch at equal test accuracy (+-0.3 points).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import steady, sweep
+from _common import emit, steady, sweep
 
 from raytune_ctr import data, models
 from raytune_ctr.spec import DataSpec
@@ -119,11 +117,8 @@ def main():
     for o in ours:
         o["speedup"] = ref["s_per_epoch"] / o["s_per_epoch"]
         o["acc_diff_points"] = o["test_acc"] - ref["test_acc"]
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "stock": ref, "trials": ours}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    result = {"stock": ref, "trials": ours}
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

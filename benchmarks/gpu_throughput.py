@@ -8,12 +8,8 @@ Target: >= 5,000 images/s on an H100 (plain eager PyTorch: about 4,000).
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
-import torch
-from _common import sweep
+from _common import emit, sweep
 
 
 def main():
@@ -36,16 +32,13 @@ def main():
         "search": {"method": "grid", "objectives": {"samples_per_s": "max"}},
     })
     t = df.sort_values("epoch")
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "model": args.model, "compile": args.compile,
+    result = {"model": args.model, "compile": args.compile,
               "batch_size": args.batch_size,
               "images_per_s_by_epoch": t["samples_per_s"].tolist(),
               "images_per_s": float(t["samples_per_s"].iloc[1:].mean()),
               "mfu": t["mfu"].tolist() if "mfu" in t else None,
               "peak_cuda_mb": float(t["peak_cuda_mb"].max())}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,11 @@ Goal: trial / plain <= 1.05.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import steady, sweep
+from _common import emit, steady, sweep
 
 from raytune_ctr import data, models
 from raytune_ctr import spec as spec_lib
@@ -96,11 +94,8 @@ def main() -> None:
         "trial_test_acc": float(df["test_acc"].iloc[-1]),
         "epoch_times": {"examples": ex, "plain": plain, "trial": trial,
                         "plain_after": plain_after, "examples_after": ex_after},
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
-    print(json.dumps(out, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2))
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -347,23 +347,19 @@ def _check(spec: Spec) -> None:
         raise SpecError("search.space", f"a {s.method} search needs at least one dimension", {})
     if not s.objectives:
         raise SpecError("search.objectives", "needs at least one metric", {})
-    from raytune_ctr.train import METRICS  # late: train imports torch
+    from raytune_ctr.train import METRICS
 
     for metric in s.objectives:
         if metric not in METRICS:
             raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
     if s.scheduler == "asha" and s.asha.time_attr == "train_time_s" and s.asha.max_t is None:
         raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
-    for name, values in _candidates(spec).items():
-        if name == "model":
-            from raytune_ctr import data, models
-
-            shape = data.input_shape(spec.data)
-            for m in values:
-                models.check(m, shape, key="train.model")
-    from raytune_ctr import data
+    from raytune_ctr import data, models  # late: both import torch
 
     data.check(spec.data)
+    shape = data.input_shape(spec.data)
+    for m in _candidates(spec)["model"]:
+        models.check(m, shape, key="train.model")
     if spec.data.data_on_device is True and spec.data.dataset not in data.IN_MEMORY:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)

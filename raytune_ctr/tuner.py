@@ -143,9 +143,26 @@ def _scheduler(spec: Spec):
                          grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor)
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a host:port nothing listens on: ray.init would wait minutes for its GCS."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local" and the like: Ray resolves and reports those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise SpecError("--address", f"cannot reach a Ray cluster there ({err.strerror or err})",
+                        address) from None
+
+
 def init_ray(address: str | None, verbose: bool = False) -> None:
     import ray
 
+    if address is not None:
+        _probe(address)
     defaults = LOCAL_TRAIN_ENV if address is None else CLUSTER_TRAIN_ENV
     env = {k: os.environ.get(k, v) for k, v in defaults.items()}  # the user's setting wins
     try:

@@ -73,3 +73,17 @@ def test_existing_results_folder_is_never_overwritten(write_spec, tmp_path):
 def test_missing_config_file(tmp_path):
     proc = sweep("--config", tmp_path / "nope.yaml")
     assert_one_line_error(proc, "--config: no such file")
+
+
+def test_unreachable_ray_address_fails_fast(write_spec, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "results"
+    proc = sweep("--config", write_spec({}), "--address", f"127.0.0.1:{port}",
+                 "--storage-path", out)
+    assert_one_line_error(proc, "--address: cannot reach a Ray cluster there",
+                          f"'127.0.0.1:{port}'")
+    assert not out.exists()

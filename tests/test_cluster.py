@@ -74,3 +74,16 @@ def test_security_defaults():
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert re.match(r"python experiments/sweep.py .*--address auto",
                     kuberay.rayjob()["spec"]["entrypoint"])
+
+
+def test_local_ray_up_yaml_passes_rays_own_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
+    config = prepare_config(copy.deepcopy(raw))
+    validate_config(config)
+    assert config["docker"]["image"].startswith("raytune-ctr")
+    assert not any("docker.sock" in o or "--privileged" in o
+                   for o in config["docker"].get("run_options", []))
+    with pytest.raises(jsonschema.ValidationError):  # the validator does reject junk
+        validate_config(prepare_config(copy.deepcopy(raw) | {"bogus_key": 1}))

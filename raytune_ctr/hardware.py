@@ -46,8 +46,11 @@ def flops_per_sample(model: nn.Module, shape: tuple[int, ...], num_classes: int,
     x = torch.zeros(batch, *shape, device=device)
     y = torch.zeros(batch, dtype=torch.long, device=device)
     counter = FlopCounterMode(display=False)
+    was_training = net.training
+    net.eval()  # so BatchNorm's running stats don't learn from the dummy batch
     with counter:
         F.cross_entropy(net(x), y).backward()
+    net.train(was_training)
     net.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch
 

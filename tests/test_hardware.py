@@ -42,3 +42,10 @@ def test_fit_reports_flops_and_mfu_only_with_a_known_peak(tmp_path):
     assert "mfu" not in m and "gpu_util" not in m  # absent on CPU, never 0
     m = fit(data, spec, peak_tflops=0.5)[0]
     assert m["mfu"] == pytest.approx(m["tflops"] / 0.5)
+
+
+def test_counting_flops_leaves_batchnorm_stats_alone():
+    net = models.build("resnet18", (3, 32, 32), 10)
+    before = net.bn1.running_var.clone()
+    hardware.flops_per_sample(net, (3, 32, 32), 10, torch.device("cpu"))
+    assert torch.equal(net.bn1.running_var, before) and net.training

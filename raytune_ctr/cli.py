@@ -18,14 +18,15 @@ from raytune_ctr import spec as spec_lib
 from raytune_ctr.data import DataError
 from raytune_ctr.spec import SpecError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "quickstart.yaml"
+# Relative to where you run it (the repository root, or /app in the image).
+DEFAULT_CONFIG = "experiments/configs/quickstart.yaml"
 log = logging.getLogger("raytune_ctr")
 
 
 def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run one study: a Ray Tune sweep of Ray "
                                 "Train trials, then write the trade-off report.")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="study YAML (default: %(default)s)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="study YAML (default: %(default)s)")
     p.add_argument("--smoke", action="store_true", help="two configs, 1 epoch, 512 samples")
     p.add_argument("--address", default=None,
                    help="join this Ray cluster (e.g. auto, ray://host:10001); default: start one here")

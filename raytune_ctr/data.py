@@ -9,7 +9,6 @@ sees its own shard, the same size on every rank, so DDP steps stay in lockstep.
 from __future__ import annotations
 
 import gzip
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +21,6 @@ from filelock import FileLock
 from torch.utils.data import Dataset
 
 from raytune_ctr.spec import DataSpec, SpecError
-
-log = logging.getLogger(__name__)
 
 # Debian's dataset-fashion-mnist package; looked at after data_dir.
 SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],

@@ -8,7 +8,6 @@ calls `fit()`; `TuneReportCallback` forwards each epoch's metrics to Tune.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from raytune_ctr import spec as spec_lib
 from raytune_ctr.spec import Spec, SpecError
 from raytune_ctr.train import FACTS, METRICS, train_func
 
-log = logging.getLogger(__name__)
-
 # Train V2 polls its workers every 2 s by default, which adds seconds to every
 # trial's start and end; on one node the preemption watcher is an idle process.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
@@ -30,7 +27,6 @@ CLUSTER_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 # so a 2-core machine can run a trial with two whole-CPU workers (Tune rejects
 # an empty reservation).
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
-STATUS = ("COMPLETED", "STOPPED", "FAILED")
 
 
 def smoke(spec: Spec) -> Spec:

@@ -6,7 +6,7 @@ s1_wide_optuna.yaml (TPE + ASHA over the same ranges), then follows each as
 the order they were suggested.
 Target: the search gets within 0.3 points of the grid's best using <= 25% of its epochs.
 
-    python benchmarks/search_efficiency.py --out-dir $OUT
+    python benchmarks/search_efficiency.py --gpu-fraction 0.25 --out-dir $OUT
     python benchmarks/search_efficiency.py --subset 2000 --dataset digits   # a CPU smoke run
 """
 
@@ -34,6 +34,10 @@ def load(path: str, args) -> dict:
         m["data"]["dataset"] = args.dataset
     if args.subset:
         m["data"]["subset"] = args.subset
+    if args.gpu_fraction:
+        m["resources"] = m.get("resources", {}) | {
+            "use_gpu": True, "gpus_per_worker": args.gpu_fraction, "cpus_per_worker": 2.0}
+        m["data"]["data_on_device"] = True
     return m
 
 
@@ -43,6 +47,8 @@ def main():
     p.add_argument("--search", default="experiments/configs/s1_wide_optuna.yaml")
     p.add_argument("--dataset", default=None, help="override both specs' dataset")
     p.add_argument("--subset", type=int, default=None, help="training samples, for a quick run")
+    p.add_argument("--gpu-fraction", type=float, default=None,
+                   help="run every trial on the GPU with this share of it (packs trials)")
     p.add_argument("--out-dir", default=None, help="write p5.json and p5.png here")
     args = p.parse_args()
     grid, _ = sweep(load(args.grid, args))

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run the GPU benchmarks (P2-P6) one after another; each writes its JSON to OUT_DIR,
+# and all their output goes to OUT_DIR/bench.log. One failing benchmark does not stop the others. On the lent CUDA machine:
+#   source .devwheels/bootstrap.sh && bash benchmarks/run_gpu.sh $OUT p2 p4 p3
+set -uo pipefail
+out="${1:?usage: run_gpu.sh OUT_DIR [p2 p3 p3cold p3q p4 p5 p6 tests]...}"
+shift
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+cd "$(dirname "$0")/.."
+export RAYTUNE_CTR_DATA="${RAYTUNE_CTR_DATA:-/tmp/data}"
+[ $# -eq 0 ] && set -- p2 p4 p3
+run() {  # name, command...
+  local name=$1; shift
+  echo "=== $name: $* ($(date -u +%T))"
+  local t0=$SECONDS
+  "$@" >"$out/$name.tmp" 2>&1
+  echo "=== $name: rc=$? in $((SECONDS - t0)) s"
+  tail -n 25 "$out/$name.tmp"
+  cat "$out/$name.tmp" >>"$out/bench.log" && rm "$out/$name.tmp"
+}
+for b in "$@"; do
+  case $b in
+    tests) run tests python -m pytest -q -rs tests/test_gpu.py ;;
+    p2) run p2 python benchmarks/gpu_speed.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --out "$out/p2.json" ;;
+    p3) run p3 python benchmarks/gpu_packing.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --out "$out/p3.json" ;;
+    p3cold) run p3cold python benchmarks/gpu_packing.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --no-preload --out "$out/p3cold.json" ;;
+    p3q) run p3q python benchmarks/gpu_packing.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --gpu-fraction 0.25 --out "$out/p3q.json" ;;
+    p4) run p4 python benchmarks/gpu_throughput.py --out "$out/p4.json"
+        run p4c python benchmarks/gpu_throughput.py --compile --out "$out/p4c.json" ;;
+    p5) run p5 python benchmarks/search_efficiency.py --gpu-fraction 0.125 --out-dir "$out" ;;
+    p6) run p6 python benchmarks/worker_scaling.py --cpus "$(nproc)" --out "$out/p6.json" ;;
+    *) echo "unknown benchmark $b" >&2 ;;
+  esac
+done

@@ -3,7 +3,7 @@
 # and all their output goes to OUT_DIR/bench.log. One failing benchmark does not stop the others. On the lent CUDA machine:
 #   source .devwheels/bootstrap.sh && bash benchmarks/run_gpu.sh $OUT p2 p4 p3
 set -uo pipefail
-out="${1:?usage: run_gpu.sh OUT_DIR [p2 p3 p3cold p3q p4 p5 p6 tests]...}"
+out="${1:?usage: run_gpu.sh OUT_DIR [p2 p3 p3cold p3q p4 p5 p6 p6rest tests]...}"
 shift
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
@@ -30,6 +30,7 @@ for b in "$@"; do
         run p4c python benchmarks/gpu_throughput.py --compile --out "$out/p4c.json" ;;
     p5) run p5 python benchmarks/search_efficiency.py --gpu-fraction 0.125 --out-dir "$out" ;;
     p6) run p6 python benchmarks/worker_scaling.py --cpus "$(nproc)" --out "$out/p6.json" ;;
+    p6rest) run p6 python benchmarks/worker_scaling.py --layouts 1x16,8x2,16x1 --out "$out/p6.json" ;;
     *) echo "unknown benchmark $b" >&2 ;;
   esac
 done

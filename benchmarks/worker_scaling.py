@@ -30,15 +30,19 @@ def main():
     p.add_argument("--cpus", type=int, default=os.cpu_count())
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--layouts", default=None,
+                   help="only these, e.g. 1x16,8x2 (the first is the baseline)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    chosen = ([tuple(map(int, x.split("x"))) for x in args.layouts.split(",")]
+              if args.layouts else layouts(args.cpus))
     m = spec_lib.load(args.config).to_dict()
     m["train"]["epochs"] = args.epochs
     if args.subset:
         m["data"]["subset"] = args.subset
     m["search"] |= {"method": "grid", "grid": {}, "max_concurrent": 1, "points": [
         {"num_workers": w, "cpus_per_worker": float(t), "threads_per_worker": t}
-        for w, t in layouts(args.cpus)]}
+        for w, t in chosen]}
     df, _ = sweep(m)
     rows = []
     for _, t in df.groupby("trial_index"):

@@ -1,0 +1,347 @@
+"""`ray up cluster/docker.yaml`: a Ray cluster of containers on one Docker host.
+
+Ray loads this through `provider: {type: external, module: ...}`. Every node is a
+container of the same image on a user-defined bridge network, with the CPU,
+memory and optional cpuset limits of its node type; Ray inside reads those limits
+from the container's cgroup.
+
+The cluster has a fixed size. The Docker socket is not mounted into any container
+(a process that holds it is root on the host), so the head cannot run Ray's
+autoscaler against this provider. Instead `ray up` creates the head container, and
+with it each worker type's `min_workers` containers; each worker runs the YAML's
+setup and start commands itself, joins the head when its GCS answers, and rejoins
+after a head restart. `ray down` removes every container, then the network.
+Results go to a host folder bind-mounted at /data in every container, so all nodes
+share one storage path and `ray down` loses nothing.
+
+Commands run through `docker exec` (no SSH in the image); files move as tar
+streams, like `docker cp`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shlex
+import sys
+import tarfile
+from pathlib import Path
+
+import docker
+import docker.errors
+from filelock import FileLock
+from ray.autoscaler.command_runner import CommandRunnerInterface
+from ray.autoscaler.node_provider import NodeProvider
+from ray.autoscaler.tags import (
+    NODE_KIND_HEAD,
+    NODE_KIND_WORKER,
+    STATUS_UP_TO_DATE,
+    TAG_RAY_CLUSTER_NAME,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_NAME,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL = "raytune-ctr.cluster"  # every container of a cluster carries its name here
+WORKERS = "_workers"  # worker specs copied from the cluster config by bootstrap_config
+# Node config keys (available_node_types.*.node_config) -> docker SDK run() arguments.
+NODE_KEYS = {"cpus", "mem_limit", "memswap_limit", "cpuset_cpus", "shm_size", "environment"}
+
+
+class ConfigError(ValueError):
+    """A bad key in cluster/docker.yaml: names the key and the value."""
+
+    def __init__(self, key: str, problem: str, value) -> None:
+        super().__init__(f"{key}: {problem} (got {value!r})")
+
+
+def _docker_args(node_config: dict, where: str) -> dict:
+    unknown = set(node_config) - NODE_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{where}.{key}", f"unknown key; known: {sorted(NODE_KEYS)}",
+                          node_config[key])
+    args = {k: v for k, v in node_config.items() if k != "cpus"}
+    if "cpus" in node_config:
+        cpus = node_config["cpus"]
+        if not isinstance(cpus, (int, float)) or cpus <= 0:
+            raise ConfigError(f"{where}.cpus", "must be a positive number", cpus)
+        args["nano_cpus"] = int(cpus * 1e9)  # what `docker run --cpus` sets
+    return args
+
+
+def _worker_script(setup: list[str], start: list[str], head: str) -> str:
+    """The worker container's main process: set up once, then (re)join the head."""
+    lines = [f"export RAY_HEAD_IP={shlex.quote(head)}", *setup, "while true; do",
+             "  until ray health-check --address $RAY_HEAD_IP:6379 >/dev/null 2>&1; do sleep 2; done",
+             *(f"  {c}" for c in start), "  sleep 2", "done"]
+    return "\n".join(lines)
+
+
+class DockerNodeProvider(NodeProvider):
+    def __init__(self, provider_config: dict, cluster_name: str) -> None:
+        super().__init__(provider_config, cluster_name)
+        self.image = provider_config.get("image", "raytune-ctr:latest")
+        self.network = provider_config.get("network") or f"{cluster_name}-net"
+        self.data_dir = provider_config.get("data_dir")
+        self._client = None
+        # Ray keeps node tags in the provider; ours outlive the process (ray up,
+        # then ray exec/down) in a small file beside Ray's own cluster state.
+        state = Path(provider_config.get("state_dir", "/tmp/ray"))
+        state.mkdir(parents=True, exist_ok=True)
+        self._tags_file = state / f"docker-{cluster_name}.tags.json"
+        self._lock = FileLock(str(self._tags_file) + ".lock")
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker.from_env()
+        return self._client
+
+    # --- config ----------------------------------------------------------------
+
+    @staticmethod
+    def bootstrap_config(cluster_config: dict) -> dict:
+        """Check the node types and hand the workers' specs to the provider."""
+        config = dict(cluster_config)
+        provider = dict(config["provider"])
+        types = config.get("available_node_types", {})
+        head_type = config.get("head_node_type")
+        workers = []
+        for name, spec in types.items():
+            where = f"available_node_types.{name}.node_config"
+            args = _docker_args(spec.get("node_config", {}), where)
+            if name == head_type:
+                continue
+            count = spec.get("min_workers", 0)
+            if spec.get("max_workers", count) != count:
+                raise ConfigError(f"available_node_types.{name}.max_workers",
+                                  "must equal min_workers: this cluster has a fixed size "
+                                  "(no autoscaler, since no container holds the Docker socket)",
+                                  spec.get("max_workers"))
+            setup = config.get("setup_commands", []) + config.get("worker_setup_commands", [])
+            workers.append({"type": name, "count": count, "docker": args, "setup": setup,
+                            "start": config.get("worker_start_ray_commands", []),
+                            "resources": spec.get("resources", {})})
+        provider[WORKERS] = workers
+        config["provider"] = provider
+        return config
+
+    # --- nodes -------------------------------------------------------------------
+
+    def _containers(self, all_states: bool = False) -> list:
+        return self.client.containers.list(
+            all=all_states, filters={"label": f"{LABEL}={self.cluster_name}"})
+
+    def _load_tags(self) -> dict:
+        return json.loads(self._tags_file.read_text()) if self._tags_file.exists() else {}
+
+    def _save_tags(self, tags: dict) -> None:
+        self._tags_file.write_text(json.dumps(tags))
+
+    def non_terminated_nodes(self, tag_filters: dict) -> list[str]:
+        return [c.name for c in self._containers()
+                if all(self.node_tags(c.name).get(k) == v for k, v in tag_filters.items())]
+
+    def is_running(self, node_id: str) -> bool:
+        return self._get(node_id) is not None and self._get(node_id).status == "running"
+
+    def is_terminated(self, node_id: str) -> bool:
+        c = self._get(node_id)
+        return c is None or c.status in ("exited", "dead", "removing")
+
+    def node_tags(self, node_id: str) -> dict:
+        c = self._get(node_id)
+        base = json.loads(c.labels.get(f"{LABEL}.tags", "{}")) if c is not None else {}
+        with self._lock:
+            return base | self._load_tags().get(node_id, {})
+
+    def set_node_tags(self, node_id: str, tags: dict) -> None:
+        with self._lock:
+            all_tags = self._load_tags()
+            all_tags[node_id] = all_tags.get(node_id, {}) | tags
+            self._save_tags(all_tags)
+
+    def internal_ip(self, node_id: str) -> str:
+        c = self._get(node_id)
+        return c.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+
+    def external_ip(self, node_id: str) -> str:
+        # On the Docker host the bridge address is reachable; nothing is published.
+        return self.internal_ip(node_id)
+
+    def _get(self, node_id: str):
+        try:
+            return self.client.containers.get(node_id)
+        except docker.errors.NotFound:
+            return None
+
+    def _ensure_network(self) -> None:
+        if not self.client.networks.list(names=[self.network]):
+            self.client.networks.create(self.network, driver="bridge",
+                                        labels={LABEL: self.cluster_name})
+
+    def _mounts(self) -> dict:
+        if not self.data_dir:
+            return {}
+        host = Path(os.path.expanduser(self.data_dir))
+        host.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chown(host, 1000, 1000)  # the image's user (images/Dockerfile)
+        except PermissionError:
+            host.chmod(0o777)
+        return {str(host): {"bind": "/data", "mode": "rw"}}
+
+    def _run(self, name: str, tags: dict, docker_args: dict, entrypoint: list[str],
+             environment: dict | None = None):
+        env = dict(docker_args.pop("environment", {}) or {}) | (environment or {})
+        return self.client.containers.run(
+            self.image, entrypoint=entrypoint, command=[], name=name, hostname=name,
+            detach=True, network=self.network, volumes=self._mounts(), environment=env,
+            labels={LABEL: self.cluster_name, f"{LABEL}.tags": json.dumps(tags)},
+            init=True, **docker_args)
+
+    def create_node(self, node_config: dict, tags: dict, count: int) -> dict:
+        if tags.get(TAG_RAY_NODE_KIND) != NODE_KIND_HEAD:
+            raise RuntimeError("this provider creates workers together with the head "
+                               "(fixed-size cluster); was Ray's autoscaler started?")
+        try:
+            self.client.images.get(self.image)
+        except docker.errors.ImageNotFound:
+            raise ConfigError("provider.image", "no such image on this Docker host; build it "
+                              "with images/Dockerfile", self.image) from None
+        self._ensure_network()
+        head = f"{self.cluster_name}-head"
+        created = {head: self._run(head, tags, _docker_args(node_config, "head node_config"),
+                                   ["sleep", "infinity"])}
+        for spec in self.provider_config.get(WORKERS, []):
+            for i in range(spec["count"]):
+                name = f"{self.cluster_name}-{spec['type']}-{i}"
+                wtags = {TAG_RAY_CLUSTER_NAME: self.cluster_name,
+                         TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
+                         TAG_RAY_USER_NODE_TYPE: spec["type"], TAG_RAY_NODE_NAME: name,
+                         TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE}
+                env = ({"RAY_OVERRIDE_RESOURCES": json.dumps(spec["resources"])}
+                       if spec["resources"] else {})
+                script = _worker_script(spec["setup"], spec["start"], head)
+                created[name] = self._run(name, wtags, dict(spec["docker"]),
+                                          ["bash", "-c", script], env)
+        return created
+
+    def terminate_node(self, node_id: str) -> None:
+        c = self._get(node_id)
+        if c is not None:
+            c.remove(force=True, v=True)  # v: its anonymous volumes too
+        with self._lock:
+            tags = self._load_tags()
+            tags.pop(node_id, None)
+            self._save_tags(tags)
+        if not self._containers(all_states=True):
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for net in self.client.networks.list(names=[self.network]):
+            if net.attrs.get("Labels", {}).get(LABEL) == self.cluster_name:
+                net.remove()
+        self._tags_file.unlink(missing_ok=True)
+        Path(self._lock.lock_file).unlink(missing_ok=True)
+
+    def get_command_runner(self, log_prefix, node_id, auth_config, cluster_name,
+                           process_runner, use_internal_ip, docker_config=None):
+        return DockerExecRunner(self.client, node_id, log_prefix)
+
+
+class DockerExecRunner(CommandRunnerInterface):
+    """Ray's command runner over `docker exec` and tar streams."""
+
+    def __init__(self, client: docker.DockerClient, container: str, log_prefix: str = ""):
+        self.client, self.container, self.log_prefix = client, container, log_prefix
+        self._home = None
+
+    def _c(self):
+        return self.client.containers.get(self.container)
+
+    def home(self) -> str:
+        if self._home is None:
+            self._home = self._c().exec_run(["sh", "-c", "printf %s \"$HOME\""]).output.decode()
+        return self._home
+
+    def _path(self, path: str) -> str:
+        return self.home() + path[1:] if path.startswith("~") else path
+
+    def run(self, cmd=None, timeout=120, exit_on_fail=False, port_forward=None,
+            with_output=False, environment_variables=None, run_env="auto",
+            ssh_options_override_ssh_key="", shutdown_after_run=False, silent=False):
+        if not cmd:
+            return b"" if with_output else None
+        if cmd == "uptime":  # Ray's readiness probe; the slim image has no procps
+            cmd = "cat /proc/uptime"
+        if port_forward:
+            log.warning("port forwarding is not needed: reach %s by its address on the "
+                        "Docker network", self.container)
+        env = {k: v if isinstance(v, str) else json.dumps(v)
+               for k, v in (environment_variables or {}).items()}
+        api = self.client.api
+        exec_id = api.exec_create(self.container, ["bash", "-c", cmd], environment=env)["Id"]
+        out = []
+        for chunk in api.exec_start(exec_id, stream=True):
+            out.append(chunk)
+            if not with_output and not silent:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+        code = api.exec_inspect(exec_id)["ExitCode"]
+        if code:
+            from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
+
+            msg = f"command failed with exit code {code} in {self.container}: {cmd}"
+            if exit_on_fail:
+                import click
+
+                raise click.ClickException(msg)
+            raise ProcessRunnerError(msg, "ssh_command_failed", code=code, command=[cmd])
+        return b"".join(out) if with_output else None
+
+    def run_rsync_up(self, source: str, target: str, options=None) -> None:
+        target = self._path(target)
+        uid, gid = self._c().exec_run(["sh", "-c", "id -u; id -g"]).output.decode().split()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            def owned(info):
+                info.uid, info.gid, info.uname, info.gname = int(uid), int(gid), "", ""
+                return info
+            if os.path.isdir(source):
+                tar.add(source, arcname=".", filter=owned)
+                dest = target.rstrip("/") or "/"
+            else:
+                tar.add(source, arcname=os.path.basename(target.rstrip("/")), filter=owned)
+                dest = os.path.dirname(target.rstrip("/")) or "/"
+        self.run(f"mkdir -p {shlex.quote(dest)}", silent=True)
+        self._c().put_archive(dest, buf.getvalue())
+
+    def run_rsync_down(self, source: str, target: str, options=None) -> None:
+        stream, stat = self._c().get_archive(self._path(source).rstrip("/"))
+        data = io.BytesIO(b"".join(stream))
+        with tarfile.open(fileobj=data) as tar:
+            is_dir = stat["mode"] & 0x80000000  # Go's os.ModeDir
+            root = stat["name"]
+            if is_dir:
+                Path(target).mkdir(parents=True, exist_ok=True)
+                for m in tar.getmembers():
+                    m.name = os.path.relpath(m.name, root)
+                    if m.name != ".":
+                        tar.extract(m, target, filter="data")
+            else:
+                member = tar.getmember(root)
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                Path(target).write_bytes(tar.extractfile(member).read())
+
+    def remote_shell_command_str(self) -> str:
+        return f"docker exec -it {self.container} bash\n"
+
+    def run_init(self, *, as_head: bool, file_mounts: dict, sync_run_yet: bool):
+        return None  # the node is the container already; nothing to start inside it

@@ -1,0 +1,135 @@
+"""`ray up cluster/docker.yaml` on a real Docker engine (marker `docker`): a head and
+two workers from the image, a sweep whose trials land on both workers, `ray down`
+with nothing left behind. Skips, saying why, without an engine or the image."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import pandas as pd
+import pytest
+import yaml
+
+from raytune_ctr.cluster.docker_provider import LABEL, ConfigError, DockerNodeProvider
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("RAYTUNE_CTR_TEST_IMAGE", "raytune-ctr:latest")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+# Workers join on their own once the head answers: wait for them, then list.
+NODES = """
+import json, time, ray
+ray.init(address="auto", log_to_driver=False)
+alive = lambda: [n for n in ray.nodes() if n["Alive"]]
+deadline = time.time() + 120
+while len(alive()) < 3 and time.time() < deadline:
+    time.sleep(1)
+print("NODES=" + json.dumps([n["Resources"] for n in alive()]))
+"""
+
+
+def ray_cli(*args, timeout=600):
+    env = os.environ | {"PYTHONPATH": str(ROOT)}  # the CLI loads our provider
+    return subprocess.run([RAY, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as err:
+        pytest.skip(f"no Docker engine answers ({type(err).__name__}); "
+                    "apt-get install docker.io and start dockerd")
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"image {IMAGE} not built (see tests/test_images.py)")
+    return client
+
+
+@pytest.fixture
+def cluster(engine, tmp_path):
+    cfg = yaml.safe_load((ROOT / "cluster" / "docker.yaml").read_text())
+    name = f"rtc-test-{os.getpid()}"
+    cfg["cluster_name"] = name
+    cfg["provider"] |= {"image": IMAGE, "network": f"{name}-net",
+                        "data_dir": str(tmp_path / "data"), "state_dir": str(tmp_path / "state")}
+    path = tmp_path / "docker.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    yield path, name, tmp_path / "data"
+    ray_cli("down", "-y", path)  # also after a failure
+
+
+def test_up_sweep_across_nodes_down(cluster, engine):
+    path, name, data = cluster
+    up = ray_cli("up", "-y", "--no-config-cache", path)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+
+    # Ray inside each container sees the container's limits, not the host's.
+    script = data / "nodes.py"
+    script.write_text(NODES)
+    out = ray_cli("submit", "--no-config-cache", path, script)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    nodes = json.loads(out.stdout.split("NODES=", 1)[1].splitlines()[0])
+    assert len(nodes) == 3
+    workers = [n for n in nodes if n.get("CPU")]
+    assert [n["CPU"] for n in workers] == [1.0, 1.0]  # cpus: 1.0 each; head CPU 0
+    assert all(n["memory"] + n["object_store_memory"] <= 3 * 2**30 for n in workers)
+
+    (data / "tiny.yaml").write_text(yaml.safe_dump({
+        "name": "tiny", "data": {"dataset": "digits"},
+        "train": {"model": "mlp", "hidden": [32], "epochs": 1, "optimizer": "adam",
+                  "lr": 0.01, "lr_schedule": "none"},
+        "search": {"method": "grid", "grid": {"seed": [0, 1]}}}))
+    sweep = ray_cli("exec", "--no-config-cache", path,
+                    "python experiments/sweep.py --config /data/tiny.yaml --address auto "
+                    "--storage-path /data/results --name tiny")
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    df = pd.read_parquet(data / "results" / "tiny" / "trials.parquet")
+    assert (df["status"] == "COMPLETED").all()
+    assert df["env_host"].nunique() == 2  # one trial on each worker container
+
+    down = ray_cli("down", "-y", path)
+    assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL}={name}"}) == []
+    assert engine.networks.list(names=[f"{name}-net"]) == []
+    assert (data / "results" / "tiny" / "report.md").is_file()  # results outlive the cluster
+
+
+def test_bad_node_config_names_key_and_value():
+    cfg = yaml.safe_load((ROOT / "cluster" / "docker.yaml").read_text())
+    cfg["available_node_types"]["worker"]["node_config"]["cpu"] = 2
+    with pytest.raises(ConfigError, match=r"available_node_types\.worker\.node_config\.cpu: "
+                                          r"unknown key.*\(got 2\)"):
+        DockerNodeProvider.bootstrap_config(cfg)
+    cfg["available_node_types"]["worker"]["node_config"].pop("cpu")
+    cfg["available_node_types"]["worker"]["max_workers"] = 4
+    with pytest.raises(ConfigError, match="max_workers: must equal min_workers"):
+        DockerNodeProvider.bootstrap_config(cfg)
+
+
+def test_docker_yaml_passes_rays_validator_and_loads_our_provider():
+    from ray.autoscaler._private.commands import _bootstrap_config
+    from ray.autoscaler._private.providers import _get_node_provider
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster" / "docker.yaml").read_text())
+    config = prepare_config(raw)
+    validate_config(config)
+    boot = _bootstrap_config(config, no_config_cache=True)
+    provider = _get_node_provider(boot["provider"], boot["cluster_name"])
+    assert isinstance(provider, DockerNodeProvider)
+    (worker,) = boot["provider"]["_workers"]
+    assert worker["count"] == 2 and worker["docker"]["nano_cpus"] == 10**9
+    # External providers get no defaults: every command list is written out.
+    for key in ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
+                "file_mounts", "cluster_synced_files", "initialization_commands"):
+        assert key in raw
+    # Security defaults: nothing published, no Docker socket in any container.
+    assert "docker.sock" not in (ROOT / "cluster" / "docker.yaml").read_text()

@@ -338,7 +338,7 @@ class KubeExecCommandRunner(CommandRunnerInterface):
             raise click.ClickException(
                 "port forwarding does not go through pod exec; run: kubectl -n "
                 f"{self.namespace} port-forward svc/{self.provider.cfg.name}-head-svc 8265")
-        if not cmd:
+        if not cmd or cmd == "$SHELL":  # `ray attach`: needs a tty, which this runner has not
             raise click.ClickException(f"no interactive shell here; run: "
                                        f"{self.remote_shell_command_str()}")
         script = self.PROBES.get(cmd, cmd)

@@ -249,11 +249,20 @@ def test_head_creation_makes_one_raycluster_and_waits_for_its_head(provider, kub
         provider.create_node({}, {TAG_RAY_NODE_KIND: NODE_KIND_WORKER}, 2)
 
 
-def test_an_existing_raycluster_is_reused_not_duplicated(provider, kube):
+def test_an_existing_raycluster_is_reused_not_duplicated(provider, kube, caplog):
     provider.create_node({}, HEAD_TAGS, 1)
+    kube.crs["raytune", "raytune-ctr"]["metadata"]["annotations"]["kubectl.io/x"] = "not a tag"
     provider.create_node({}, HEAD_TAGS | {TAG_RAY_LAUNCH_CONFIG: "77aa"}, 1)
     assert [c[0] for c in kube.calls] == ["create", "patch"] and len(kube.crs) == 1
-    assert provider.node_tags("raytune-ctr-head-abcde")[TAG_RAY_LAUNCH_CONFIG] == "77aa"
+    tags = provider.node_tags("raytune-ctr-head-abcde")
+    assert tags[TAG_RAY_LAUNCH_CONFIG] == "77aa" and "kubectl.io/x" not in tags
+    assert "another spec" not in caplog.text
+    other = gke.KubeRayNodeProvider(gke_yaml()["provider"] | {"head_cpu": "4"}, "raytune-ctr")
+    other.core = other.custom = kube
+    other.create_node({}, HEAD_TAGS, 1)
+    assert "exists with another spec; it is reused as it is" in caplog.text
+    assert kube.crs["raytune", "raytune-ctr"]["spec"]["headGroupSpec"] == kuberay.raycluster_spec(
+        kuberay.ClusterConfig())["headGroupSpec"]  # untouched
 
 
 def test_nodes_and_tags_come_from_kuberay_labels(provider, kube):

@@ -24,6 +24,7 @@ Tested against an in-memory fake of the Kubernetes API, never a live cluster.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import json
 import logging
@@ -56,6 +57,8 @@ HEAD_GROUP = "headgroup"  # KubeRay's ray.io/group label on the head pod
 # Keys of the provider section that are Ray's or this provider's, not ClusterConfig's.
 PROVIDER_KEYS = {"type", "module", "use_internal_ips", "head_timeout_s"}
 ERROR_CHANNEL = 3  # the exec stream's status channel (kubernetes.stream.ws_client)
+# The API server fills in defaults, so a stored spec never equals ours: compare hashes.
+SPEC_HASH = "raytune-ctr/spec-hash"
 
 
 def cluster_config(provider_config: dict, cluster_name: str) -> kuberay.ClusterConfig:
@@ -118,19 +121,20 @@ class KubeRayNodeProvider(NodeProvider):
                 "KubeRay's autoscaler creates worker pods (enableInTreeAutoscaling); "
                 f"this provider only creates the head, got {count} x {tags}")
         _, custom = self._clients()
+        body = kuberay.raycluster(self.cfg)
+        spec_hash = hashlib.sha1(json.dumps(body["spec"], sort_keys=True).encode()).hexdigest()
         # Ray's tags for the head live on the RayCluster, so a restarted head pod keeps them.
         annotations = {k: v for k, v in tags.items() if k != TAG_RAY_NODE_KIND}
         existing = self._get_raycluster()
         if existing is None:
-            body = kuberay.raycluster(self.cfg)
-            body["metadata"]["annotations"] = annotations
+            body["metadata"]["annotations"] = annotations | {SPEC_HASH: spec_hash}
             custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
             log.info("created RayCluster %s/%s", self.namespace, self.cfg.name)
         elif existing["metadata"].get("deletionTimestamp"):
             raise RuntimeError(f"RayCluster {self.namespace}/{self.cfg.name} is being deleted; "
                                "run `ray up` again once it is gone")
         else:
-            if existing.get("spec") != kuberay.raycluster_spec(self.cfg):
+            if (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != spec_hash:
                 log.warning("RayCluster %s exists with another spec; it is reused as it is "
                             "(`ray down` first to apply gke.yaml's settings)", self.cfg.name)
             custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
@@ -190,11 +194,10 @@ class KubeRayNodeProvider(NodeProvider):
                 TAG_RAY_USER_NODE_TYPE: labels.get("ray.io/group", ""),
                 # KubeRay starts Ray in its pods, so a running pod is a node that is up.
                 TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE if ready else STATUS_UNINITIALIZED}
+        stored = dict(pod.metadata.annotations or {})
         if tags[TAG_RAY_NODE_KIND] == NODE_KIND_HEAD and raycluster is not None:
-            tags |= raycluster["metadata"].get("annotations") or {}
-        tags |= {k: v for k, v in (pod.metadata.annotations or {}).items()
-                 if k.startswith("ray-")}
-        return tags
+            stored = (raycluster["metadata"].get("annotations") or {}) | stored
+        return tags | {k: v for k, v in stored.items() if k.startswith("ray-")}
 
     def _all_tags(self) -> dict[str, dict[str, str]]:
         pods = self._pods()

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from raytune_ctr import report
 from raytune_ctr import spec as spec_lib
+from raytune_ctr import storage as storage_lib
 from raytune_ctr.data import DataError
 from raytune_ctr.spec import SpecError
 
 # Relative to where you run it (the repository root, or /app in the image).
 DEFAULT_CONFIG = "experiments/configs/quickstart.yaml"
+LOCAL_RESULTS = "results"  # also where a URI storage path's local copy goes
 log = logging.getLogger("raytune_ctr")
 
 
@@ -30,7 +33,10 @@ def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="two configs, 1 epoch, 512 samples")
     p.add_argument("--address", default=None,
                    help="join this Ray cluster (e.g. auto, ray://host:10001); default: start one here")
-    p.add_argument("--storage-path", default="results", help="parent of results folders")
+    p.add_argument("--storage-path", default=os.environ.get("RAYTUNE_CTR_STORAGE", LOCAL_RESULTS),
+                   help="parent of results folders: a path or a URI such as gs://bucket/prefix, "
+                   f"then with a local copy in {LOCAL_RESULTS}/ (default: $RAYTUNE_CTR_STORAGE "
+                   "or %(default)s)")
     p.add_argument("--name", default=None, help="results folder name (default: <spec name>-<time>)")
     p.add_argument("--target-acc", type=float, default=None,
                    help="accuracy (%%) the report's answer asks for; overrides report.target_acc")
@@ -41,6 +47,21 @@ def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _fail(msg: str, code: int = 2) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return code
+
+
+def _results_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
+    """(local results folder, URI results folder or None); both must be new."""
+    uri = storage_lib.join(storage_path, name) if storage_lib.is_uri(storage_path) else None
+    run_dir = Path(LOCAL_RESULTS if uri else storage_path).expanduser().resolve() / name
+    try:
+        taken = run_dir if run_dir.exists() else uri if uri and storage_lib.exists(uri) else None
+    except (OSError, ValueError) as err:  # unknown scheme, no credentials, no network
+        raise SpecError("--storage-path", f"cannot use it ({str(err).splitlines()[0]})",
+                        storage_path) from None
+    if taken:
+        raise SpecError("--name", f"results folder {taken} already exists; "
+                        "choose another --name (nothing was overwritten)", name)
+    return run_dir, uri
 
 
 def sweep(args: argparse.Namespace) -> int:
@@ -56,10 +77,7 @@ def sweep(args: argparse.Namespace) -> int:
         name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if "/" in name or name in ("", ".", ".."):
             raise SpecError("--name", "must be a plain folder name", name)
-        run_dir = Path(args.storage_path).expanduser().resolve() / name
-        if run_dir.exists():
-            raise SpecError("--name", f"results folder {run_dir} already exists; "
-                            "choose another --name (nothing was overwritten)", name)
+        run_dir, uri = _results_folders(args.storage_path, name)
         tuner.init_ray(args.address, verbose=args.verbose)
         concurrency = tuner.plan(spec)
         source = tuner.prepare_data(spec)
@@ -68,8 +86,13 @@ def sweep(args: argparse.Namespace) -> int:
     log.info("data: %s; running up to %d trials at once", source, concurrency)
     run_dir.mkdir(parents=True)
     spec_lib.dump(spec, run_dir / "spec.yaml")
-    df = tuner.run_sweep(spec, run_dir, concurrency=concurrency)
-    path = report.build(run_dir)
+    df = tuner.run_sweep(spec, run_dir, concurrency=concurrency, storage=uri)
+    try:
+        path = report.build(run_dir)
+    finally:  # the tables are worth keeping even if the report fails
+        if uri:
+            storage_lib.upload(run_dir, uri)
+            log.info("results copied to %s", uri)
     statuses = df.groupby("trial_index")["status"].first()
     print(f"\nreport: {path}\n{report.fastest_reaching(report.label_trials(df, spec), spec.report.target_acc)}")
     if (statuses == "FAILED").all():

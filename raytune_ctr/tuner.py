@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 from pathlib import Path
 
 import pandas as pd
@@ -52,7 +53,7 @@ def smoke(spec: Spec) -> Spec:
                                train=dataclasses.replace(spec.train, epochs=1))
 
 
-def run_trial(config: dict, spec: Spec, run_dir: str) -> None:
+def run_trial(config: dict, spec: Spec, storage: str) -> None:
     """One Tune trial: build a TorchTrainer for this configuration and fit it."""
     import ray.tune
     from ray.train import RunConfig, ScalingConfig
@@ -69,7 +70,7 @@ def run_trial(config: dict, spec: Spec, run_dir: str) -> None:
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=ray.tune.get_context().get_trial_id(),
-                             storage_path=os.path.join(run_dir, "train"),
+                             storage_path=posixpath.join(storage, "train"),
                              callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
@@ -189,21 +190,27 @@ def plan(spec: Spec) -> int:
     return spec_lib.plan_concurrency(spec, ray.cluster_resources(), nodes)
 
 
-def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int) -> pd.DataFrame:
-    """Run every trial of `spec` on the connected Ray cluster; write trials.parquet/csv."""
+def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int,
+              storage: str | None = None) -> pd.DataFrame:
+    """Run every trial of `spec` on the connected Ray cluster; write trials.parquet/csv.
+
+    Tune and Train write to `storage` (a URI such as gs://bucket/prefix/<name>,
+    which every node can reach) or else to run_dir; the tables go to run_dir.
+    """
     from ray import tune
 
     run_dir = Path(run_dir).resolve()
+    storage = storage or str(run_dir)
     param_space, search_alg, num_samples = _search(spec, run_dir, concurrency)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec, run_dir=str(run_dir)), TRIAL_DRIVER_RESOURCES)
+        tune.with_parameters(run_trial, spec=spec, storage=storage), TRIAL_DRIVER_RESOURCES)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
             max_concurrent_trials=None if spec.search.method != "optuna" else concurrency),
-        run_config=tune.RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
+        run_config=tune.RunConfig(name=run_dir.name, storage_path=posixpath.dirname(storage),
                                   verbose=1),
     )
     grid = tuner.fit()

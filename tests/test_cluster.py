@@ -72,8 +72,12 @@ def test_security_defaults():
     assert gpu["template"]["spec"]["nodeSelector"] == {
         "cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-spot": "true"}
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert re.match(r"python experiments/sweep.py .*--address auto",
+    assert re.match(r"python experiments/sweep.py .*--address auto --storage-path gs://",
                     kuberay.rayjob()["spec"]["entrypoint"])
+    for pod in pods:  # Workload Identity's service account, and where results go
+        assert pod["spec"]["serviceAccountName"] == "raytune-ctr"
+        assert {"name": "RAYTUNE_CTR_STORAGE", "value": "gs://BUCKET/raytune-ctr"} in \
+            pod["spec"]["containers"][0]["env"]
 
 
 def test_local_ray_up_yaml_passes_rays_own_validator():

@@ -107,3 +107,20 @@ def test_quickstart_smoke_is_the_readme_job_in_small(tmp_path, monkeypatch):
     assert df["trial_index"].nunique() == 2 and (df["epoch"] == 1).all()
     assert (tmp_path / "smoke" / "report.md").is_file()
     assert "Fastest configuration" in proc.stdout or "No configuration reached" in proc.stdout
+
+
+def test_smoke_to_a_uri_storage_path(tmp_path, monkeypatch):
+    """`--storage-path file://...` (gs:// in the cloud): Tune, Train and the tables all
+    land at the URI, and a local copy under results/ holds the report."""
+    monkeypatch.setenv("RAYTUNE_CTR_DATA", str(tmp_path / "data"))
+    proc = subprocess.run(
+        [sys.executable, ROOT / "experiments" / "sweep.py", "--smoke",
+         "--config", ROOT / "experiments" / "configs" / "quickstart.yaml",
+         "--storage-path", f"file://{tmp_path}/bucket/prefix", "--name", "smoke"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    remote, local = tmp_path / "bucket" / "prefix" / "smoke", tmp_path / "results" / "smoke"
+    assert trials(remote).equals(trials(local))
+    assert {"report.md", "spec.yaml", "optuna.db", "trials.csv"} <= {p.name for p in remote.iterdir()}
+    assert any(remote.glob("experiment_state-*.json"))  # Tune's own state, written there
+    assert any((remote / "train").iterdir())  # each trial's Train run

@@ -1,1 +1,2 @@
-"""Cluster plumbing: KubeRay resources (kuberay.py) and their schema checks (schema.py)."""
+"""Cluster plumbing: KubeRay resources (kuberay.py), their schema checks (schema.py) and
+`ray up` onto GKE through a KubeRay NodeProvider (gke.py)."""

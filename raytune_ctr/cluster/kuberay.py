@@ -6,12 +6,15 @@
 The cluster: a head that does no training (num-cpus 0), a CPU worker group and a
 Spot GPU worker group that scales from 0, KubeRay's in-tree autoscaler, every
 container non-root, and the head's services on a ClusterIP only (reach the
-dashboard with `kubectl port-forward`).
+dashboard with `kubectl port-forward`). Pods run as a Kubernetes service account
+meant for Workload Identity, so sweeps write results to `storage` (gs://).
+The same `raycluster(cfg)` is what `ray up cluster/gke.yaml` creates (gke.py).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,18 +42,38 @@ class WorkerGroup:
 @dataclass(frozen=True)
 class ClusterConfig:
     name: str = "raytune-ctr"
+    namespace: str = "raytune"
     image: str = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr:latest"
     gpu_image: str = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr-gpu:latest"
     head_cpu: str = "2"
     head_memory: str = "8Gi"
+    # Results go here (sweep.py's default via RAYTUNE_CTR_STORAGE); pods write to it
+    # as this Kubernetes service account, bound to a GCP one by Workload Identity.
+    storage: str = "gs://BUCKET/raytune-ctr"
+    service_account: str = "raytune-ctr"
     groups: tuple[WorkerGroup, ...] = field(default_factory=lambda: (
         WorkerGroup("cpu", 0, 4, 1, cpu="4", memory="16Gi", spot=True),
         WorkerGroup("gpu", 0, 2, 0, cpu="8", memory="32Gi", gpus=1, accelerator="nvidia-l4",
                     spot=True),
     ))
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ClusterConfig:
+        """From a mapping (gke.yaml's provider section); unknown keys are an error."""
+        for key, value in d.items():
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                raise ValueError(f"provider.{key}: unknown key, got {value!r}")
+        groups = d.get("groups")
+        if groups is None:
+            return cls(**d)
+        try:
+            groups = tuple(WorkerGroup(**g) for g in groups)
+        except TypeError as err:
+            raise ValueError(f"provider.groups: {err}, got {groups!r}") from None
+        return cls(**(d | {"groups": groups}))
 
-def _container(name: str, image: str, cpu: str, memory: str, gpus: int = 0,
+
+def _container(name: str, image: str, cpu: str, memory: str, storage: str, gpus: int = 0,
                ports: list[dict] | None = None) -> dict:
     limits = {"cpu": cpu, "memory": memory} | ({"nvidia.com/gpu": gpus} if gpus else {})
     c = {
@@ -60,14 +83,15 @@ def _container(name: str, image: str, cpu: str, memory: str, gpus: int = 0,
         "securityContext": {"runAsNonRoot": True, "runAsUser": UID,
                             "allowPrivilegeEscalation": False},
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "env": [{"name": "RAYTUNE_CTR_STORAGE", "value": storage}],
     }
     if ports:
         c["ports"] = ports
     return c
 
 
-def _pod(container: dict, group: WorkerGroup | None = None) -> dict:
-    spec: dict = {"containers": [container],
+def _pod(container: dict, service_account: str, group: WorkerGroup | None = None) -> dict:
+    spec: dict = {"serviceAccountName": service_account, "containers": [container],
                   "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "fsGroup": UID},
                   "volumes": [{"name": "data", "emptyDir": {}}]}
     if group is not None:
@@ -88,7 +112,7 @@ def _pod(container: dict, group: WorkerGroup | None = None) -> dict:
 
 
 def raycluster_spec(cfg: ClusterConfig = ClusterConfig()) -> dict:
-    head = _container("ray-head", cfg.image, cfg.head_cpu, cfg.head_memory, ports=[
+    head = _container("ray-head", cfg.image, cfg.head_cpu, cfg.head_memory, cfg.storage, ports=[
         {"containerPort": 6379, "name": "gcs"},
         {"containerPort": 8265, "name": "dashboard"},
         {"containerPort": 10001, "name": "client"}])
@@ -101,7 +125,8 @@ def raycluster_spec(cfg: ClusterConfig = ClusterConfig()) -> dict:
             "minReplicas": g.min_replicas,
             "maxReplicas": g.max_replicas,
             "rayStartParams": {},
-            "template": _pod(_container("ray-worker", image, g.cpu, g.memory, g.gpus), g),
+            "template": _pod(_container("ray-worker", image, g.cpu, g.memory, cfg.storage,
+                                        g.gpus), cfg.service_account, g),
         })
     return {
         "rayVersion": RAY_VERSION,
@@ -111,7 +136,7 @@ def raycluster_spec(cfg: ClusterConfig = ClusterConfig()) -> dict:
             # ClusterIP only: the dashboard and GCS never get a public address.
             "serviceType": "ClusterIP",
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": _pod(head),
+            "template": _pod(head, cfg.service_account),
         },
         "workerGroupSpecs": workers,
     }
@@ -119,17 +144,18 @@ def raycluster_spec(cfg: ClusterConfig = ClusterConfig()) -> dict:
 
 def raycluster(cfg: ClusterConfig = ClusterConfig()) -> dict:
     return {"apiVersion": "ray.io/v1", "kind": "RayCluster",
-            "metadata": {"name": cfg.name, "labels": {"app": "raytune-ctr"}},
+            "metadata": {"name": cfg.name, "namespace": cfg.namespace,
+                         "labels": {"app": "raytune-ctr"}},
             "spec": raycluster_spec(cfg)}
 
 
-DEFAULT_ENTRYPOINT = ("python experiments/sweep.py --config experiments/configs/s1_batch_lr.yaml "
-                      "--address auto --storage-path /data/results")
-
-
-def rayjob(cfg: ClusterConfig = ClusterConfig(), entrypoint: str = DEFAULT_ENTRYPOINT) -> dict:
+def rayjob(cfg: ClusterConfig = ClusterConfig(), entrypoint: str | None = None) -> dict:
+    entrypoint = entrypoint or ("python experiments/sweep.py --config "
+                                "experiments/configs/s1_batch_lr.yaml --address auto "
+                                f"--storage-path {cfg.storage}")
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
-            "metadata": {"name": f"{cfg.name}-sweep", "labels": {"app": "raytune-ctr"}},
+            "metadata": {"name": f"{cfg.name}-sweep", "namespace": cfg.namespace,
+                         "labels": {"app": "raytune-ctr"}},
             "spec": {"entrypoint": entrypoint,
                      "shutdownAfterJobFinishes": True,
                      "ttlSecondsAfterFinished": 600,

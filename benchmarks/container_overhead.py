@@ -66,7 +66,7 @@ def container(args, work: Path) -> dict:
                         "data_dir": str(work / "data")}
     worker = cfg["available_node_types"]["worker"]
     worker |= {"min_workers": 1, "max_workers": 1}
-    worker["node_config"] |= {"cpus": 1.0}
+    worker["node_config"] |= {"cpus": args.container_cpus}
     cfg["max_workers"] = 1
     path = work / "docker.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -87,6 +87,8 @@ def main():
     p.add_argument("--image", default="raytune-ctr:latest")
     p.add_argument("--subset", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--container-cpus", type=float, default=1.0,
+                   help="the worker container's CPU limit; Ray's own processes share it")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,7 +101,7 @@ def main():
         c = container(args, work)
         b = native(args, work, 2)
     base = (a["s_per_epoch"] + b["s_per_epoch"]) / 2
-    emit({"native_runs": [a, b], "container": c,
+    emit({"container_cpus": args.container_cpus, "native_runs": [a, b], "container": c,
           "container_over_native": c["s_per_epoch"] / base,
           "native_spread": abs(a["s_per_epoch"] - b["s_per_epoch"]) / base,
           "acc_native": [a["test_acc"], b["test_acc"]], "acc_container": c["test_acc"]},

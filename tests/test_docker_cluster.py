@@ -133,3 +133,13 @@ def test_docker_yaml_passes_rays_validator_and_loads_our_provider():
         assert key in raw
     # Security defaults: nothing published, no Docker socket in any container.
     assert "docker.sock" not in (ROOT / "cluster" / "docker.yaml").read_text()
+
+
+def test_cpuset_layout_passes_to_docker():
+    """S5's second layout: one container pinned to cores, several Train workers in it."""
+    from raytune_ctr.cluster.docker_provider import _docker_args
+
+    args = _docker_args({"cpuset_cpus": "0-3", "cpus": 4, "mem_limit": "8g"}, "w")
+    assert args == {"cpuset_cpus": "0-3", "nano_cpus": 4 * 10**9, "mem_limit": "8g"}
+    with pytest.raises(ConfigError, match=r"w\.cpus: must be a positive number \(got 0\)"):
+        _docker_args({"cpus": 0}, "w")

@@ -222,6 +222,8 @@ class DockerNodeProvider(NodeProvider):
         for spec in self.provider_config.get(WORKERS, []):
             for i in range(spec["count"]):
                 name = f"{self.cluster_name}-{spec['type']}-{i}"
+                if self._get(name) is not None:
+                    continue  # a head replaced by `ray up`: the workers rejoin it themselves
                 wtags = {TAG_RAY_CLUSTER_NAME: self.cluster_name,
                          TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
                          TAG_RAY_USER_NODE_TYPE: spec["type"], TAG_RAY_NODE_NAME: name,

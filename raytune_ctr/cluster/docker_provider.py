@@ -45,6 +45,8 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
+from raytune_ctr.cluster import PROBES
+
 log = logging.getLogger(__name__)
 
 LABEL = "raytune-ctr.cluster"  # every container of a cluster carries its name here
@@ -145,21 +147,29 @@ class DockerNodeProvider(NodeProvider):
         self._tags_file.write_text(json.dumps(tags))
 
     def non_terminated_nodes(self, tag_filters: dict) -> list[str]:
+        with self._lock:
+            saved = self._load_tags()
         return [c.name for c in self._containers()
-                if all(self.node_tags(c.name).get(k) == v for k, v in tag_filters.items())]
+                if all(self._tags(c, saved).get(k) == v for k, v in tag_filters.items())]
 
     def is_running(self, node_id: str) -> bool:
-        return self._get(node_id) is not None and self._get(node_id).status == "running"
+        c = self._get(node_id)
+        return c is not None and c.status == "running"
 
     def is_terminated(self, node_id: str) -> bool:
         c = self._get(node_id)
         return c is None or c.status in ("exited", "dead", "removing")
 
+    @staticmethod
+    def _tags(container, saved: dict) -> dict:
+        """Creation tags (a label) updated by those Ray set since (the tags file)."""
+        return json.loads(container.labels.get(f"{LABEL}.tags", "{}")) | saved.get(container.name, {})
+
     def node_tags(self, node_id: str) -> dict:
         c = self._get(node_id)
-        base = json.loads(c.labels.get(f"{LABEL}.tags", "{}")) if c is not None else {}
         with self._lock:
-            return base | self._load_tags().get(node_id, {})
+            saved = self._load_tags()
+        return self._tags(c, saved) if c is not None else saved.get(node_id, {})
 
     def set_node_tags(self, node_id: str, tags: dict) -> None:
         with self._lock:
@@ -198,11 +208,11 @@ class DockerNodeProvider(NodeProvider):
         return {str(host): {"bind": "/data", "mode": "rw"}}
 
     def _run(self, name: str, tags: dict, docker_args: dict, entrypoint: list[str],
-             environment: dict | None = None):
+             volumes: dict, environment: dict | None = None):
         env = dict(docker_args.pop("environment", {}) or {}) | (environment or {})
         return self.client.containers.run(
             self.image, entrypoint=entrypoint, command=[], name=name, hostname=name,
-            detach=True, network=self.network, volumes=self._mounts(), environment=env,
+            detach=True, network=self.network, volumes=volumes, environment=env,
             labels={LABEL: self.cluster_name, f"{LABEL}.tags": json.dumps(tags)},
             init=True, **docker_args)
 
@@ -216,9 +226,10 @@ class DockerNodeProvider(NodeProvider):
             raise ConfigError("provider.image", "no such image on this Docker host; build it "
                               "with images/Dockerfile", self.image) from None
         self._ensure_network()
+        volumes = self._mounts()
         head = f"{self.cluster_name}-head"
         created = {head: self._run(head, tags, _docker_args(node_config, "head node_config"),
-                                   ["sleep", "infinity"])}
+                                   ["sleep", "infinity"], volumes)}
         for spec in self.provider_config.get(WORKERS, []):
             for i in range(spec["count"]):
                 name = f"{self.cluster_name}-{spec['type']}-{i}"
@@ -232,7 +243,7 @@ class DockerNodeProvider(NodeProvider):
                        if spec["resources"] else {})
                 script = _worker_script(spec["setup"], spec["start"], head)
                 created[name] = self._run(name, wtags, dict(spec["docker"]),
-                                          ["bash", "-c", script], env)
+                                          ["bash", "-c", script], volumes, env)
         return created
 
     def terminate_node(self, node_id: str) -> None:
@@ -281,8 +292,7 @@ class DockerExecRunner(CommandRunnerInterface):
             ssh_options_override_ssh_key="", shutdown_after_run=False, silent=False):
         if not cmd:
             return b"" if with_output else None
-        if cmd == "uptime":  # Ray's readiness probe; the slim image has no procps
-            cmd = "cat /proc/uptime"
+        cmd = PROBES.get(cmd, cmd)
         if port_forward:
             log.warning("port forwarding is not needed: reach %s by its address on the "
                         "Docker network", self.container)

@@ -48,7 +48,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from raytune_ctr.cluster import kuberay
+from raytune_ctr.cluster import PROBES, kuberay
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +280,6 @@ class KubeExecCommandRunner(CommandRunnerInterface):
     may run long.
     """
 
-    # Ray probes a new node with `uptime`, which slim images (no procps) lack;
-    # any command that runs proves the pod takes exec.
-    PROBES = {"uptime": "cat /proc/uptime"}
-
     def __init__(self, provider: KubeRayNodeProvider, node_id: str, log_prefix: str = ""):
         self.provider, self.node_id, self.log_prefix = provider, node_id, log_prefix
         self.namespace = provider.namespace
@@ -344,7 +340,7 @@ class KubeExecCommandRunner(CommandRunnerInterface):
         if not cmd or cmd == "$SHELL":  # `ray attach`: needs a tty, which this runner has not
             raise click.ClickException(f"no interactive shell here; run: "
                                        f"{self.remote_shell_command_str()}")
-        script = self.PROBES.get(cmd, cmd)
+        script = PROBES.get(cmd, cmd)
         if environment_variables:  # JSON-encoded, as Ray's SSH runner does (ray start decodes)
             script = "".join(f"export {k}={shlex.quote(json.dumps(v, separators=(',', ':')))}; "
                              for k, v in environment_variables.items()) + script

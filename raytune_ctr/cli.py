@@ -1,8 +1,8 @@
-"""Command line: `raytune-ctr sweep` (also `python experiments/sweep.py`) and
-`raytune-ctr report DIR`.
+"""Command line: `raytune-ctr sweep` (also `python experiments/sweep.py`),
+`raytune-ctr report DIR` and `raytune-ctr compare DIR1 DIR2`.
 
-Exit codes: 0 done, 1 every trial failed, 2 bad input (one line on stderr,
-nothing written).
+Exit codes: 0 done, 1 every trial failed (compare: the results differ), 2 bad
+input (one line on stderr, nothing written).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger("raytune_ctr")
 def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run one study: a Ray Tune sweep of Ray "
                                 "Train trials, then write the trade-off report.")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="study YAML (default: %(default)s)")
+    p.add_argument("--config", default=None, help=f"study YAML (default: {DEFAULT_CONFIG})")
     p.add_argument("--smoke", action="store_true", help="two configs, 1 epoch, 512 samples")
     p.add_argument("--address", default=None,
                    help="join this Ray cluster (e.g. auto, ray://host:10001); default: start one here")
@@ -38,6 +38,10 @@ def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    f"then with a local copy in {LOCAL_RESULTS}/ (default: $RAYTUNE_CTR_STORAGE "
                    "or %(default)s)")
     p.add_argument("--name", default=None, help="results folder name (default: <spec name>-<time>)")
+    p.add_argument("--resume", metavar="NAME", default=None,
+                   help="continue the interrupted sweep NAME under --storage-path, with its "
+                   "saved spec: finished trials are kept, unfinished ones go on from their "
+                   "last epoch")
     p.add_argument("--target-acc", type=float, default=None,
                    help="accuracy (%%) the report's answer asks for; overrides report.target_acc")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray worker logs")
@@ -64,11 +68,35 @@ def _results_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
     return run_dir, uri
 
 
+def _resume_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
+    """(local results folder, URI results folder or None) of an unfinished sweep."""
+    from raytune_ctr import tuner
+
+    if "/" in name or name in ("", ".", ".."):
+        raise SpecError("--resume", "must be a plain folder name", name)
+    uri = storage_lib.join(storage_path, name) if storage_lib.is_uri(storage_path) else None
+    run_dir = Path(LOCAL_RESULTS if uri else storage_path).expanduser().resolve() / name
+    try:
+        if uri and storage_lib.exists(uri):
+            storage_lib.download(uri, run_dir)  # spec.yaml and optuna.db, if not here
+    except (OSError, ValueError) as err:
+        raise SpecError("--storage-path", f"cannot use it ({str(err).splitlines()[0]})",
+                        storage_path) from None
+    where = uri or str(run_dir)
+    if not (run_dir / "spec.yaml").is_file() or not tuner.can_resume(where):
+        raise SpecError("--resume", f"no interrupted sweep at {where} (nothing was changed)", name)
+    if (run_dir / "trials.parquet").is_file():
+        raise SpecError("--resume", f"that sweep finished; its results are in {run_dir}", name)
+    return run_dir, uri
+
+
 def sweep(args: argparse.Namespace) -> int:
     from raytune_ctr import tuner
 
+    if args.resume:
+        return resume(args)
     try:
-        spec = spec_lib.load(args.config)
+        spec = spec_lib.load(args.config or DEFAULT_CONFIG)
         if args.target_acc is not None:
             spec = spec_lib.from_dict(spec.to_dict() | {
                 "report": spec.to_dict()["report"] | {"target_acc": args.target_acc}})
@@ -87,6 +115,31 @@ def sweep(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True)
     spec_lib.dump(spec, run_dir / "spec.yaml")
     df = tuner.run_sweep(spec, run_dir, concurrency=concurrency, storage=uri)
+    return _finish(spec, df, run_dir, uri)
+
+
+def resume(args: argparse.Namespace) -> int:
+    from raytune_ctr import tuner
+
+    try:
+        for flag in ("config", "name", "smoke", "target_acc"):
+            if getattr(args, flag) not in (None, False):
+                raise SpecError(f"--{flag.replace('_', '-')}", "--resume goes on with the "
+                                "sweep's saved spec.yaml and name; leave it out",
+                                getattr(args, flag))
+        run_dir, uri = _resume_folders(args.storage_path, args.resume)
+        spec = spec_lib.load(run_dir / "spec.yaml")
+        tuner.init_ray(args.address, verbose=args.verbose)
+        tuner.plan(spec)
+        source = tuner.prepare_data(spec)
+    except (SpecError, DataError) as err:
+        return _fail(str(err))
+    log.info("data: %s; resuming %s", source, uri or run_dir)
+    df = tuner.resume_sweep(spec, run_dir, storage=uri)
+    return _finish(spec, df, run_dir, uri)
+
+
+def _finish(spec, df, run_dir: Path, uri: str | None) -> int:
     try:
         path = report.build(run_dir)
     finally:  # the tables are worth keeping even if the report fails
@@ -109,6 +162,15 @@ def report_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_cmd(args: argparse.Namespace) -> int:
+    try:
+        text, same = report.compare(Path(args.a), Path(args.b))
+    except (FileNotFoundError, SpecError) as err:
+        return _fail(str(err))
+    print(text)
+    return 0 if same else 1
+
+
 def sweep_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return sweep(sweep_parser(prog).parse_args(argv))
@@ -124,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="rebuild report.md and plots from a results folder")
     r.add_argument("dir")
     r.set_defaults(fn=report_cmd)
+    c = sub.add_parser("compare", help="where two results folders differ: every reproducible "
+                       "metric to the bit, timing ratios, environment fingerprint; exit 1 if "
+                       "the results differ")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.set_defaults(fn=compare_cmd)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -5,6 +5,7 @@ results folder (spec.yaml + trials.parquet), so it can be rebuilt at any time.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from raytune_ctr import spec as spec_lib
-from raytune_ctr.spec import Spec
+from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,20 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.dropna(axis=1, how="all")
 
 
+def recovered_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that lost a worker (retries) or whose sweep was resumed mid-trial."""
+    cols = [c for c in ("retries", "resumed_from_epoch") if c in df]
+    if not cols:  # results written before these were recorded
+        return pd.DataFrame()
+    g = df[df["epoch"].notna()].groupby("trial_index", sort=True)
+    out = pd.DataFrame({"config": g["config"].first(), "status": g["status"].first()})
+    out["worker-group restarts"] = g["retries"].max() if "retries" in df else float("nan")
+    out["resumed from epoch"] = (g["resumed_from_epoch"].max() if "resumed_from_epoch" in df
+                                 else float("nan"))
+    hit = (out["worker-group restarts"].fillna(0) > 0) | (out["resumed from epoch"].fillna(0) > 0)
+    return out[hit]
+
+
 def _md(table: pd.DataFrame, index: bool = True) -> str:
     if table.empty:
         return "_none_\n"
@@ -267,6 +282,10 @@ def build(run_dir: Path) -> Path:
     md.append(_md(times))
     md.append("## Hardware per trial\n")
     md.append(_md(hardware_table(df)))
+    md.append("## Recovered trials\n")
+    md.append("Restarted from their last epoch checkpoint after a Train worker died, or "
+              "continued by `--resume` after the sweep was interrupted.\n\n")
+    md.append(_md(recovered_table(df)))
     md.append("## Failed trials\n")
     md.append(_md(failed[["config", "error"]] if not failed.empty else pd.DataFrame()))
     md.append("## Environment\n")
@@ -277,3 +296,64 @@ def build(run_dir: Path) -> Path:
     out = run_dir / "report.md"
     out.write_text("\n".join(md))
     return out
+
+
+# What the same spec and seed must reproduce exactly; the rest of the metrics
+# are measurements (time, memory, utilization) that vary from run to run.
+REPRODUCIBLE = ("train_loss", "train_acc", "test_loss", "test_acc", "flops_per_sample")
+TIMING = ("epoch_time_s", "train_time_s", "samples_per_s", "setup_time_s", "peak_rss_mb")
+
+
+def _keyed(run_dir: Path) -> pd.DataFrame:
+    """Rows indexed by (trial, repeat, epoch): a trial is its searched values, and
+    repeats of the same values count up in trial order, so two runs line up
+    whatever order their trials finished in. The whole resolved config must match."""
+    spec, df = load_results(run_dir)
+    df = label_trials(df, spec)
+    cfg = [f.name for cls in (TrainSpec, ResourceSpec) for f in dataclasses.fields(cls)
+           if f.name in df]
+    df["full_config"] = [" ".join(map(str, r)) for r in df[cfg].itertuples(index=False)]
+    first = df.groupby("trial_index", sort=True)["config"].first()
+    df["repeat"] = df["trial_index"].map(first.groupby(first).cumcount())
+    df["epoch"] = df["epoch"].fillna(0).astype(int)
+    return df.set_index(["config", "repeat", "epoch"]).sort_index()
+
+
+def compare(dir_a: Path, dir_b: Path) -> tuple[str, bool]:
+    """Say where two results folders differ: trials, statuses, every reproducible
+    metric (exactly, to the bit), then timing ratios and the environment fingerprint.
+    Returns (text, whether the results are the same)."""
+    a, b = _keyed(dir_a), _keyed(dir_b)
+    lines, same = [], True
+    only_a, only_b = a.index.difference(b.index), b.index.difference(a.index)
+    for name, only in (("A", only_a), ("B", only_b)):
+        if len(only):
+            same = False
+            lines.append(f"only in {name}: {len(only)} epoch rows, e.g. {only[0]}")
+    both = a.index.intersection(b.index)
+    lines.append(f"{len(both)} epoch rows of {a.loc[both, 'trial_index'].nunique()} trials "
+                 "in both")
+    cols = ["full_config", "status", "error", *[c for c in REPRODUCIBLE if c in a and c in b]]
+    for col in cols:
+        x, y = a.loc[both, col], b.loc[both, col]
+        diff = ~((x == y) | (x.isna() & y.isna()))
+        if diff.any():
+            same = False
+            i = diff[diff].index[0]
+            lines.append(f"{col}: differs in {int(diff.sum())} rows, first at "
+                         f"epoch {i[2]} of [{i[0]}]: {x[i]!r} vs {y[i]!r}")
+    if same:
+        lines.append(f"results identical: {', '.join(cols)}")
+    ratios = [f"{c} {(b.loc[both, c] / a.loc[both, c]).median():.3g}"
+              for c in TIMING if c in a and c in b and a.loc[both, c].notna().any()]
+    if ratios:
+        lines.append("timing, median B/A (expected to vary): " + ", ".join(ratios))
+    env = sorted(c for c in set(a.columns) | set(b.columns) if c.startswith("env_"))
+    for c in env:
+        va = sorted(map(str, a[c].dropna().unique())) if c in a else ["absent"]
+        vb = sorted(map(str, b[c].dropna().unique())) if c in b else ["absent"]
+        if va != vb:
+            lines.append(f"environment {c[4:]}: {', '.join(va)} vs {', '.join(vb)}")
+    if env and not any(ln.startswith("environment") for ln in lines):
+        lines.append("environment fingerprint identical")
+    return "\n".join(lines), same

@@ -81,6 +81,10 @@ class TrainSpec:
     lr_schedule: Literal["step", "onecycle", "none"] = "step"
     gamma: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.7  # StepLR, per epoch (pytorch/examples)
     seed: Annotated[StrictInt, Field(ge=0)] = 1
+    # Deterministic kernels (torch.use_deterministic_algorithms), so a rerun with the
+    # same seed gives bit-identical metrics; an Optuna search then runs one trial at
+    # a time, because TPE's next suggestion depends on the order results arrive in.
+    deterministic: StrictBool = False
     # The fast path: bf16 autocast, channels_last for conv nets (auto: on CUDA),
     # torch.compile (compiled during set-up, outside train time).
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -160,6 +164,10 @@ class SearchSpec:
     # grid: repeats of every point; random/optuna: number of trials.
     num_samples: PositiveInt = 1
     max_concurrent: PositiveInt | None = None
+    # Times a trial's Train run restarts from its last checkpoint after a worker
+    # fails (Ray's FailureConfig.max_failures; -1 = no limit). Any worker error
+    # counts, so a deterministic one (NaN loss) is also tried again, then FAILED.
+    max_failures: Annotated[StrictInt, Field(ge=-1)] = 1
     seed: Annotated[StrictInt, Field(ge=0)] = 0
     space: dict[StrictStr, Dimension] = dataclasses.field(default_factory=dict)  # random/optuna
     grid: dict[StrictStr, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # grid only
@@ -437,4 +445,6 @@ def plan_concurrency(spec: Spec, cluster: dict[str, float], nodes: list[dict[str
         if need_gpu:
             fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
         fits.append(fit)
+    if spec.train.deterministic and spec.search.method == "optuna":
+        return 1  # TPE's suggestions depend on the order results come back in
     return max(1, min(max(fits), spec.search.max_concurrent or max(fits)))

@@ -33,3 +33,32 @@ def upload(local_dir: Path, uri: str) -> None:
     filesystem.create_dir(path, recursive=True)
     fs.copy_files(str(Path(local_dir).resolve()), path,
                   source_filesystem=fs.LocalFileSystem(), destination_filesystem=filesystem)
+
+
+def download(uri: str, local_dir: Path) -> None:
+    """Copy the folder `uri` into local_dir, leaving files already there alone."""
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    local_dir = Path(local_dir)
+    for info in filesystem.get_file_info(fs.FileSelector(path, recursive=True)):
+        dest = local_dir / posixpath.relpath(info.path, path)
+        if info.type != fs.FileType.File or dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.copy_files(info.path, str(dest), source_filesystem=filesystem,
+                      destination_filesystem=fs.LocalFileSystem())
+
+
+def subfolders(where: str) -> list[str]:
+    """Names of the folders directly in `where` (a local path or a URI); [] if none."""
+    filesystem, path = fs.FileSystem.from_uri(where)
+    try:
+        infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    except (OSError, ValueError):
+        return []
+    return sorted(posixpath.basename(i.path) for i in infos if i.type == fs.FileType.Directory)
+
+
+def read_text(where: str) -> str:
+    filesystem, path = fs.FileSystem.from_uri(where)
+    with filesystem.open_input_stream(path) as f:
+        return f.read().decode()

@@ -11,12 +11,18 @@ Each epoch reports (global over all workers):
     flops_per_sample (training, counted once), tflops (achieved), mfu (against the
     device's peak; absent when unknown), gpu_util (NVML %, GPU only),
     cost_usd (train time x the reservation's hourly price, when prices are set),
-plus the worker's environment fingerprint as env_* strings.
+plus the worker's environment fingerprint as env_* strings, and
+    resumed_from_epoch (0 unless this run continued from a checkpoint).
+
+Every epoch also hands `report` the trial's whole state (model, optimizer,
+scheduler, RNG), so a run can stop anywhere and continue bit for bit.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import resource
 import time
@@ -39,13 +45,35 @@ METRICS = {
     "cost_usd",
 }
 # What the fast path chose for a trial (auto settings resolved), kept beside the metrics.
-FACTS = {"data_on_device_used", "channels_last_used"}
+# `retries` (worker-group failures recovered from) is added by the tuner's callback.
+FACTS = {"data_on_device_used", "channels_last_used", "resumed_from_epoch", "retries"}
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this before its first use to pick reproducible reductions.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def make_optimizer(spec: TrainSpec, params) -> torch.optim.Optimizer:
@@ -169,17 +197,22 @@ def peak_rss_mb() -> float:
 
 def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = None,
         rank: int = 0, world: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
-        report: Callable[[dict], None] | None = None, loader_workers: int | None = None,
-        peak_tflops: float | None = None, hour_usd: float = 0.0) -> list[dict]:
-    """Train `spec.epochs` epochs, calling `report(metrics)` after each; returns all metrics."""
+        report: Callable[[dict, dict], None] | None = None, loader_workers: int | None = None,
+        peak_tflops: float | None = None, hour_usd: float = 0.0,
+        state: dict | None = None) -> list[dict]:
+    """Train `spec.epochs` epochs, calling `report(metrics, state)` after each; return the
+    epochs' metrics. `state`, one that `report` was given, continues that run after
+    its epoch as if it had never stopped."""
     device = device or torch.device("cpu")
     per_rank = max(1, spec.batch_size // world)
     t0 = time.perf_counter()
-    seed_everything(spec.seed)
+    seed_everything(spec.seed, spec.deterministic)
     ds = data.load(data_spec)
     on_device = data.place(ds, device, data_spec.data_on_device)
     model = models.build(spec.model, ds.input_shape, ds.num_classes, hidden=spec.hidden).to(device)
     flops = hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device)
+    if state is not None:  # before DDP wraps it: DDP broadcasts rank 0's weights
+        model.load_state_dict(state["model"])
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = spec.channels_last is True or (
         spec.channels_last == "auto" and device.type == "cuda" and conv)
@@ -192,6 +225,10 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
     steps = math.ceil(math.ceil(len(ds.train) / world) / per_rank)
     opt = make_optimizer(spec, model.parameters())
     sched, per_batch = make_schedule(spec, opt, steps)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
     env = {f"env_{k}": v for k, v in fingerprint(device).items()}
     peak = hardware.peak_tflops(env["env_gpu_name"], spec.precision, peak_tflops)
     lw = data_spec.loader_workers if loader_workers is None else loader_workers
@@ -202,8 +239,16 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         torch.cuda.reset_peak_memory_stats(device)
     setup_time = time.perf_counter() - t0
 
-    history, train_time = [], 0.0
-    for epoch in range(1, spec.epochs + 1):
+    history, train_time, start, before = [], 0.0, 0, []
+    if state is not None:
+        # Last: set-up above (FLOP counting, compile warm-up) draws random numbers too.
+        set_rng_state(state["rng"])
+        start, train_time = state["epoch"], state["metrics"]["train_time_s"]
+        before = state["history"]
+        if start >= spec.epochs and report is not None:
+            # Stopped after its last checkpoint: say the final result once more.
+            report(state["metrics"] | {"resumed_from_epoch": start}, state)
+    for epoch in range(start + 1, spec.epochs + 1):
         # Same permutation on every rank for an epoch, different across epochs.
         with hardware.GpuUtilization(device) as util:
             loss, correct, n, elapsed, data_time = train_epoch(
@@ -245,15 +290,32 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
             # A diverged trial is a failure, never a low score.
             raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
                                      f"(lr={spec.lr}, optimizer={spec.optimizer})")
-        metrics |= env | {"data_on_device_used": on_device, "channels_last_used": channels_last}
+        metrics |= env | {"data_on_device_used": on_device, "channels_last_used": channels_last,
+                           "resumed_from_epoch": start}
         history.append(metrics)
         if report is not None:
-            report(metrics)
+            report(metrics, {"epoch": epoch, "metrics": metrics, "history": before + history,
+                             "model": _bare(model).state_dict(),
+                             "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict() if sched is not None else None,
+                             "rng": rng_state()})
     return history
 
 
+STATE_FILE = "state.pt"
+# Every epoch so far, beside the state: the record of a trial that outlives the
+# sweep's driver (Tune's own copy can lag behind when the driver is killed).
+HISTORY_FILE = "history.json"
+
+
 def train_func(config: dict) -> None:
-    """Ray Train worker entry: one process of the trial's DDP group."""
+    """Ray Train worker entry: one process of the trial's DDP group.
+
+    Each epoch is a checkpoint; a restarted worker group (a worker died) or a
+    resumed sweep finds the latest through `ray.train.get_checkpoint()`.
+    """
+    import tempfile
+
     import ray.train
     import ray.train.torch
 
@@ -264,8 +326,25 @@ def train_func(config: dict) -> None:
     torch.set_num_threads(res.threads)
     # 2. Where this worker sits in the group; Ray has already set up the process group.
     ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    state = None
+    if (ckpt := ray.train.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            # Our own file: RNG states are numpy and tuples, beyond weights_only.
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+
+    def report(metrics: dict, state: dict) -> None:
+        # Rank 0 writes the checkpoint (every rank holds the same weights); all report.
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                torch.save(state, os.path.join(d, STATE_FILE))
+                with open(os.path.join(d, HISTORY_FILE), "w") as f:
+                    json.dump(state["history"], f)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d)
+                             if rank == 0 else None,
+                             checkpoint_dir_name=f"epoch_{state['epoch']:04d}")
+
     # 3. Train; prepare_model wraps the net in DDP (gloo on CPU, nccl on GPU).
-    fit(data_spec, spec, device=ray.train.torch.get_device(), rank=ctx.get_world_rank(),
-        world=ctx.get_world_size(), wrap=ray.train.torch.prepare_model,
-        report=lambda m: ray.train.report(m), peak_tflops=res.peak_tflops,
-        hour_usd=res.hour_usd)
+    fit(data_spec, spec, device=ray.train.torch.get_device(), rank=rank,
+        world=ctx.get_world_size(), wrap=ray.train.torch.prepare_model, report=report,
+        peak_tflops=res.peak_tflops, hour_usd=res.hour_usd, state=state)

@@ -16,8 +16,9 @@ import pandas as pd
 
 from raytune_ctr import data
 from raytune_ctr import spec as spec_lib
+from raytune_ctr import storage as storage_lib
 from raytune_ctr.spec import Spec, SpecError
-from raytune_ctr.train import FACTS, METRICS, train_func
+from raytune_ctr.train import FACTS, HISTORY_FILE, METRICS, train_func
 
 # Train V2 polls its workers every 2 s by default, which adds seconds to every
 # trial's start and end; on one node the preemption watcher is an idle process.
@@ -53,12 +54,36 @@ def smoke(spec: Spec) -> Spec:
                                train=dataclasses.replace(spec.train, epochs=1))
 
 
-def run_trial(config: dict, spec: Spec, storage: str) -> None:
-    """One Tune trial: build a TorchTrainer for this configuration and fit it."""
-    import ray.tune
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def _report_to_tune():
+    """Tune's callback for Train, adding `retries`: the worker-group failures this
+    Train run has recovered from so far. It lives in Train's controller, which
+    outlives the worker groups it restarts."""
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ReportToTune(TuneReportCallback):
+        def __init__(self):
+            super().__init__()
+            self.failures = 0
+
+        def after_exception(self, run_context, worker_exceptions):
+            self.failures += 1
+
+        def after_report(self, run_context, metrics, checkpoint):
+            metrics = [m | {"retries": self.failures} for m in metrics]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return ReportToTune()
+
+
+def run_trial(config: dict, spec: Spec, storage: str) -> None:
+    """One Tune trial: build a TorchTrainer for this configuration and fit it.
+
+    The Train run is named after the trial, so a trial restarted by a resumed
+    sweep finds its own checkpoints and continues from the last epoch.
+    """
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     train, res = spec.resolve(config)
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.use_gpu else {})
@@ -71,7 +96,9 @@ def run_trial(config: dict, spec: Spec, storage: str) -> None:
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=ray.tune.get_context().get_trial_id(),
                              storage_path=posixpath.join(storage, "train"),
-                             callbacks=[TuneReportCallback()]),
+                             callbacks=[_report_to_tune()],
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=spec.search.max_failures)),
     )
     trainer.fit()
 
@@ -190,6 +217,13 @@ def plan(spec: Spec) -> int:
     return spec_lib.plan_concurrency(spec, ray.cluster_resources(), nodes)
 
 
+def _trainable(spec: Spec, storage: str):
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, spec=spec, storage=storage),
+                               TRIAL_DRIVER_RESOURCES)
+
+
 def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int,
               storage: str | None = None) -> pd.DataFrame:
     """Run every trial of `spec` on the connected Ray cluster; write trials.parquet/csv.
@@ -202,10 +236,8 @@ def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int,
     run_dir = Path(run_dir).resolve()
     storage = storage or str(run_dir)
     param_space, search_alg, num_samples = _search(spec, run_dir, concurrency)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec, storage=storage), TRIAL_DRIVER_RESOURCES)
     tuner = tune.Tuner(
-        trainable,
+        _trainable(spec, storage),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
@@ -213,8 +245,55 @@ def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int,
         run_config=tune.RunConfig(name=run_dir.name, storage_path=posixpath.dirname(storage),
                                   verbose=1),
     )
-    grid = tuner.fit()
-    df = collect(grid, spec)
+    return _tables(tuner.fit(), spec, run_dir, storage)
+
+
+def can_resume(storage: str) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(storage)
+
+
+def resume_sweep(spec: Spec, run_dir: Path, *, storage: str | None = None) -> pd.DataFrame:
+    """Continue an interrupted sweep where Tune's last experiment checkpoint left it.
+
+    Tune restores its trials, the scheduler and the searcher's own state
+    (Optuna's study and sampler, not a fresh random one). Finished trials are
+    kept; unfinished ones restart, and their Train runs go on from their last
+    epoch checkpoint; errored ones stay FAILED, as they would have.
+    """
+    from ray import tune
+
+    run_dir = Path(run_dir).resolve()
+    storage = storage or str(run_dir)
+    tuner = tune.Tuner.restore(storage, trainable=_trainable(spec, storage),
+                               resume_unfinished=True, resume_errored=False,
+                               restart_errored=False)
+    restored = tuner._local_tuner._tune_config.search_alg  # no public getter
+    if spec.search.method == "optuna" and type(restored).__name__ != "OptunaSearch":
+        raise RuntimeError(f"Tune restored a {type(restored).__name__}, not the Optuna "
+                           "searcher; refusing to go on with a different search")
+    df = _tables(tuner.fit(), spec, run_dir, storage)
+    if spec.search.method == "optuna":
+        _close_orphans(run_dir)
+    return df
+
+
+def _close_orphans(run_dir: Path) -> None:
+    """Optuna trials asked for just before the kill, after Tune's last checkpoint, stay
+    RUNNING in the study for ever: Tune asked again on resume. Mark them FAIL."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(optuna_storage_url(run_dir))
+    study = optuna.load_study(study_name=run_dir.name, storage=storage)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "interrupted",
+                                    "asked before the sweep was killed; never run")
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _tables(grid, spec: Spec, run_dir: Path, storage: str) -> pd.DataFrame:
+    df = collect(grid, spec, storage)
     df.to_parquet(run_dir / "trials.parquet", index=False)
     df.to_csv(run_dir / "trials.csv", index=False)
     if spec.search.method != "optuna":
@@ -232,11 +311,27 @@ def _error_line(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def collect(grid, spec: Spec) -> pd.DataFrame:
+def checkpointed_epochs(storage: str, trial_id: str) -> list[dict]:
+    """The epochs a trial's Train run saved with its latest checkpoint, in order."""
+    import json
+
+    run = posixpath.join(storage, "train", trial_id)
+    saved = [d for d in storage_lib.subfolders(run) if d.startswith("epoch_")]
+    if not saved:
+        return []
+    try:
+        return json.loads(storage_lib.read_text(posixpath.join(run, saved[-1], HISTORY_FILE)))
+    except (OSError, ValueError):
+        return []
+
+
+def collect(grid, spec: Spec, storage: str | None = None) -> pd.DataFrame:
     """One row per trial per epoch: status, error, resolved config, metrics, fingerprint.
 
     A trial that crashed keeps its epochs so far and is FAILED; one that never
-    reported gets a single row with no metrics. Never a made-up score.
+    reported gets a single row with no metrics. Never a made-up score. Epochs
+    come from Tune's record and, where a killed driver lost some of it, from
+    the trial's last checkpoint in `storage`.
     """
     rows = []
     for i, r in enumerate(grid):
@@ -248,7 +343,12 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
         base["hidden"] = "-".join(map(str, train.hidden))
         base["threads_per_worker"] = res.threads
         mdf = r.metrics_dataframe
-        epochs = [] if mdf is None or "epoch" not in mdf else mdf.to_dict("records")
+        reported = [] if mdf is None or "epoch" not in mdf else mdf.to_dict("records")
+        saved = checkpointed_epochs(storage, base["trial_id"]) if storage else []
+        # Later wins: Tune's rows (they carry `retries`) over saved ones, and the last
+        # report of an epoch a restarted run repeated.
+        by_epoch = {e["epoch"]: e for e in saved + reported if pd.notna(e.get("epoch"))}
+        epochs = [by_epoch[k] for k in sorted(by_epoch)]
         last = max((e["epoch"] for e in epochs), default=0)
         if r.error is not None:
             status, error = "FAILED", _error_line(r.error)

@@ -15,7 +15,8 @@ def digits_dir(tmp_path_factory):
 
 def test_mnist_cnn_learns_digits_and_reports_every_metric(digits_dir):
     seen = []
-    hist = fit(DataSpec(data_dir=digits_dir), TrainSpec(epochs=2, batch_size=32), report=seen.append)
+    hist = fit(DataSpec(data_dir=digits_dir), TrainSpec(epochs=2, batch_size=32),
+               report=lambda m, state: seen.append(m))
     assert seen == hist and [m["epoch"] for m in hist] == [1, 2]
     assert hist[-1]["test_acc"] > 85.0
     # GPU-only figures, and cost without prices, are absent rather than 0.
@@ -32,6 +33,48 @@ def test_same_seed_same_numbers(digits_dir):
     a = fit(DataSpec(data_dir=digits_dir), spec)[0]
     b = fit(DataSpec(data_dir=digits_dir), spec)[0]
     assert (a["train_loss"], a["test_acc"]) == (b["train_loss"], b["test_acc"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sched", ["step", "onecycle"])
+def test_resumed_run_continues_bit_for_bit(digits_dir, sched):
+    """Stop after epoch 2 of 4 keeping only the saved state; the rest of the run then
+    matches an uninterrupted one exactly (weights, optimizer, schedule, dropout RNG)."""
+    import io
+
+    spec = TrainSpec(model="mnist_cnn", epochs=4, batch_size=64, lr_schedule=sched, seed=5,
+                     deterministic=True)
+    whole = fit(DataSpec(data_dir=digits_dir), spec)
+    saved = {}
+
+    def stop_after_2(metrics, state):
+        if metrics["epoch"] == 2:
+            buf = io.BytesIO()
+            torch.save(state, buf)  # what train_func writes: a copy, not live tensors
+            saved["state"] = buf.getvalue()
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(DataSpec(data_dir=digits_dir), spec, report=stop_after_2)
+    state = torch.load(io.BytesIO(saved["state"]), weights_only=False)
+    rest = fit(DataSpec(data_dir=digits_dir), spec, state=state)
+    keys = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+    assert [[m[k] for k in keys] for m in rest] == [[m[k] for k in keys] for m in whole[2:]]
+    assert [m["resumed_from_epoch"] for m in rest] == [2, 2]
+    assert rest[0]["train_time_s"] > state["metrics"]["train_time_s"]  # the clock goes on
+
+
+def test_a_state_after_the_last_epoch_reports_the_result_again(digits_dir):
+    spec = TrainSpec(model="mlp", epochs=1, optimizer="adam", lr=1e-3)
+    states = []
+    fit(DataSpec(data_dir=digits_dir), spec, report=lambda m, s: states.append(s))
+    again = []
+    assert fit(DataSpec(data_dir=digits_dir), spec, state=states[-1],
+               report=lambda m, s: again.append(m)) == []
+    assert again[0]["test_acc"] == states[-1]["metrics"]["test_acc"]
 
 
 def test_divergence_raises_instead_of_reporting_a_score(digits_dir):

@@ -1,0 +1,158 @@
+"""Nothing lost, for real: SIGKILL the sweep's driver and resume it; SIGKILL a Train
+worker and watch the trial restart from its checkpoint. No mocks."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args, **kw):
+    return subprocess.Popen([sys.executable, "experiments/sweep.py", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy(), **kw)
+
+
+def finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def checkpoints(run: Path) -> dict[str, int]:
+    """Trial id -> the epoch of its newest checkpoint so far."""
+    found = {}
+    for d in (run / "train").glob("*/epoch_*"):
+        found[d.parent.name] = max(found.get(d.parent.name, 0), int(d.name.split("_")[1]))
+    return found
+
+
+def wait_for(cond, proc, what, timeout=300):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended before {what}: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+    except OSError:
+        return ""
+
+
+def trials(run: Path) -> pd.DataFrame:
+    return pd.read_parquet(run / "trials.parquet").sort_values(["trial_index", "epoch"])
+
+
+EPOCHS = 6
+
+
+def test_killed_driver_resumes_to_the_uninterrupted_results(write_spec, tmp_path):
+    spec = write_spec({
+        "name": "resume",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        # mnist_cnn has dropout, so the RNG state must come back too.
+        "train": {"model": "mnist_cnn", "epochs": EPOCHS, "deterministic": True},
+        "search": {"method": "optuna", "num_samples": 3, "objectives": {"test_acc": "max"},
+                   "space": {"lr": {"loguniform": [0.05, 2.0]},
+                             "batch_size": {"choice": [32, 64, 128]}}},
+    })
+    res = tmp_path / "res"
+    code, out = finish(sweep("--config", spec, "--storage-path", res, "--name", "whole"))
+    assert code == 0, out[-3000:]
+
+    cut = res / "cut"
+    proc = sweep("--config", spec, "--storage-path", res, "--name", "cut")
+    # Mid-sweep: the first trial done, the second a few epochs in.
+    wait_for(lambda: sorted(checkpoints(cut).values()) in ([2, EPOCHS], [3, EPOCHS], [4, EPOCHS]),
+             proc, "the second trial's second epoch")
+    done = {t for t, e in checkpoints(cut).items() if e == EPOCHS}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "trials.parquet").exists()
+
+    code, out = finish(sweep("--resume", "cut", "--storage-path", res))
+    assert code == 0, out[-3000:]
+
+    # Same trials, same configs (the Optuna searcher came back, not a fresh or random
+    # one), every epoch's metrics equal to the bit.
+    proc = subprocess.run([sys.executable, "-m", "raytune_ctr.cli", "compare", res / "whole", cut],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "results identical" in proc.stdout and f"{3 * EPOCHS} epoch rows" in proc.stdout
+
+    df = trials(cut)
+    assert (df.groupby("trial_index")["epoch"].apply(list) == [list(range(1, EPOCHS + 1))] * 3).all()
+    assert set(df["status"]) == {"COMPLETED"}
+    # Finished trials were not trained again (a rerun would at most say their result
+    # again from the last checkpoint); the interrupted one went on from its checkpoint.
+    first = df[df["trial_id"].isin(done)]
+    assert set(first["resumed_from_epoch"]) <= {0, EPOCHS}
+    rest = df[~df["trial_id"].isin(done)]
+    assert rest["resumed_from_epoch"].between(2, EPOCHS - 1).any()
+    assert "## Recovered trials" in (cut / "report.md").read_text()
+
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{cut / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+def test_killed_train_worker_restarts_the_trial_from_its_checkpoint(write_spec, tmp_path):
+    spec = write_spec({
+        "name": "worker-kill",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [64], "epochs": 20, "optimizer": "adam", "lr": 1e-3,
+                  "lr_schedule": "none"},
+        "resources": {"num_workers": 2},
+        "search": {"method": "grid", "max_failures": 1},
+    })
+    run = tmp_path / "res" / "kill"
+    proc = sweep("--config", spec, "--storage-path", tmp_path / "res", "--name", "kill")
+    wait_for(lambda: max(checkpoints(run).values(), default=0) >= 3, proc, "epoch 3")
+    workers = [p for p in descendants(proc.pid) if title(p).startswith("ray::RayTrainWorker")]
+    assert len(workers) == 2, [title(p) for p in descendants(proc.pid)]
+    os.kill(workers[-1], signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+
+    df = trials(run)
+    assert df["epoch"].tolist() == list(range(1, 21)) and set(df["status"]) == {"COMPLETED"}
+    assert df["retries"].max() == 1 and df["retries"].iloc[0] == 0
+    # Epoch 3's folder can appear before Train has registered it as a checkpoint.
+    resumed = df["resumed_from_epoch"].max()
+    assert resumed >= 2 and (df["retries"] == 1).tolist() == [e > resumed for e in df["epoch"]]
+    assert df["test_acc"].iloc[-1] > 90.0
+    text = (run / "report.md").read_text()
+    recovered = text.split("## Recovered trials", 1)[1].split("##", 1)[0]
+    assert "COMPLETED" in recovered and "_none_" not in recovered

@@ -106,9 +106,9 @@ def sweep(args: argparse.Namespace) -> int:
         if "/" in name or name in ("", ".", ".."):
             raise SpecError("--name", "must be a plain folder name", name)
         run_dir, uri = _results_folders(args.storage_path, name)
+        source = tuner.prepare_data(spec)
         tuner.init_ray(args.address, verbose=args.verbose)
         concurrency = tuner.plan(spec)
-        source = tuner.prepare_data(spec)
     except (SpecError, DataError) as err:
         return _fail(str(err))
     log.info("data: %s; running up to %d trials at once", source, concurrency)
@@ -129,9 +129,13 @@ def resume(args: argparse.Namespace) -> int:
                                 getattr(args, flag))
         run_dir, uri = _resume_folders(args.storage_path, args.resume)
         spec = spec_lib.load(run_dir / "spec.yaml")
+        if spec.search.method == "optuna" and not (run_dir / "optuna.db").is_file():
+            # The searcher's trials live there; without them TPE would start over.
+            raise SpecError("--resume", f"the Optuna study {run_dir / 'optuna.db'} is missing; "
+                            "resume on the machine and folder the sweep started in", args.resume)
+        source = tuner.prepare_data(spec)
         tuner.init_ray(args.address, verbose=args.verbose)
         tuner.plan(spec)
-        source = tuner.prepare_data(spec)
     except (SpecError, DataError) as err:
         return _fail(str(err))
     log.info("data: %s; resuming %s", source, uri or run_dir)

@@ -9,6 +9,7 @@ sees its own shard, the same size on every rank, so DDP steps stay in lockstep.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 
 from raytune_ctr.spec import DataSpec, SpecError
 
+log = logging.getLogger(__name__)
 # Debian's dataset-fashion-mnist package; looked at after data_dir.
 SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
                "mnist": [Path("/usr/share/datasets/mnist")]}
@@ -122,8 +124,12 @@ def _digits(spec: DataSpec) -> Datasets:
     """
     cache = Path(spec.data_dir).expanduser() / "digits.pt"
     if cache.is_file():
-        t = torch.load(cache)
-        return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), (1, 8, 8), 10, str(cache))
+        try:
+            t = torch.load(cache)
+            return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), (1, 8, 8), 10,
+                            str(cache))
+        except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke
+            log.warning("%s is damaged (%s); rebuilding it", cache, type(err).__name__)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

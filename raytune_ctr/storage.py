@@ -36,16 +36,16 @@ def upload(local_dir: Path, uri: str) -> None:
 
 
 def download(uri: str, local_dir: Path) -> None:
-    """Copy the folder `uri` into local_dir, leaving files already there alone."""
+    """Copy the files at the top of folder `uri` (the spec, the Optuna study; not the
+    checkpoints) into local_dir, leaving files already there alone."""
     filesystem, path = fs.FileSystem.from_uri(uri)
     local_dir = Path(local_dir)
-    for info in filesystem.get_file_info(fs.FileSelector(path, recursive=True)):
-        dest = local_dir / posixpath.relpath(info.path, path)
-        if info.type != fs.FileType.File or dest.exists():
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fs.copy_files(info.path, str(dest), source_filesystem=filesystem,
-                      destination_filesystem=fs.LocalFileSystem())
+    local_dir.mkdir(parents=True, exist_ok=True)
+    for info in filesystem.get_file_info(fs.FileSelector(path)):
+        dest = local_dir / info.base_name
+        if info.type == fs.FileType.File and not dest.exists():
+            fs.copy_files(info.path, str(dest), source_filesystem=filesystem,
+                          destination_filesystem=fs.LocalFileSystem())
 
 
 def subfolders(where: str) -> list[str]:

@@ -87,3 +87,44 @@ def test_unreachable_ray_address_fails_fast(write_spec, tmp_path):
     assert_one_line_error(proc, "--address: cannot reach a Ray cluster there",
                           f"'127.0.0.1:{port}'")
     assert not out.exists()
+
+
+def test_corrupt_dataset_file_exits_2_naming_the_file(write_spec, tmp_path):
+    """A truncated IDX file (an interrupted download) is found before Ray starts."""
+    import numpy as np
+    from test_data import write_idx
+
+    fm = tmp_path / "fm"
+    write_idx(fm, np.zeros((20, 28, 28), np.uint8), np.zeros(20, np.uint8), gz=False)
+    f = fm / "t10k-labels-idx1-ubyte"
+    f.write_bytes(f.read_bytes()[:-5])
+    out = tmp_path / "results"
+    spec = write_spec({"data": {"dataset": "fashion-mnist", "data_dir": str(fm)}})
+    proc = sweep("--config", spec, "--storage-path", out)
+    assert_one_line_error(proc, str(f), "truncated or corrupt", "fetch it again")
+    assert not out.exists() and f.stat().st_size > 0  # nothing written, nothing deleted
+
+
+def test_resume_of_a_name_that_does_not_exist(tmp_path):
+    out = tmp_path / "results"
+    proc = sweep("--resume", "nope", "--storage-path", out)
+    assert_one_line_error(proc, "--resume: no interrupted sweep at", "'nope'")
+    assert not out.exists()
+
+
+def test_resume_of_a_finished_sweep_changes_nothing(tmp_path):
+    run = tmp_path / "results" / "done"
+    run.mkdir(parents=True)
+    (run / "spec.yaml").write_text("name: done\n")
+    (run / "trials.parquet").write_text("precious")
+    # What Tune leaves behind, so only "finished" stops it.
+    (run / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (run / "tuner.pkl").write_bytes(b"")
+    proc = sweep("--resume", "done", "--storage-path", tmp_path / "results")
+    assert_one_line_error(proc, "--resume: that sweep finished")
+    assert (run / "trials.parquet").read_text() == "precious"
+
+
+def test_resume_takes_the_saved_spec_not_a_new_one(write_spec, tmp_path):
+    proc = sweep("--resume", "x", "--config", write_spec({}), "--storage-path", tmp_path)
+    assert_one_line_error(proc, "--config: --resume goes on with the sweep's saved spec.yaml")

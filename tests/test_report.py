@@ -27,7 +27,7 @@ def fake_results(tmp_path, spec_map):
                          "setup_time_s": 2.0, "samples_per_s": 60000 / spe, "peak_rss_mb": 900.0,
                          "peak_cuda_mb": np.nan, "env_host": "h", "env_torch": "2.x"})
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(parents=True)
     spec_lib.dump(spec, run / "spec.yaml")
     pd.DataFrame(rows).to_parquet(run / "trials.parquet")
     return run, spec
@@ -93,3 +93,21 @@ def test_build_writes_report_and_plots(tmp_path):
 def test_report_on_a_non_results_folder_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no spec.yaml"):
         report.build(tmp_path)
+
+
+def test_compare_names_the_metric_epoch_and_environment_that_differ(tmp_path):
+    a, _ = fake_results(tmp_path / "a", S1)
+    b, _ = fake_results(tmp_path / "b", S1)
+    text, same = report.compare(a, b)
+    assert same and "results identical" in text and "fingerprint identical" in text
+    df = pd.read_parquet(b / "trials.parquet")
+    # Trials may finish in another order: rows are matched by config, not position.
+    df["trial_index"] = 4 - df["trial_index"]
+    df.loc[(df["batch_size"] == 64) & (df["epoch"] == 2), "test_acc"] += 1e-9
+    df["env_host"] = "other"
+    df.to_parquet(b / "trials.parquet")
+    text, same = report.compare(a, b)
+    assert not same
+    assert "test_acc: differs in 1 rows, first at epoch 2 of [batch_size=64 lr=1.0]" in text
+    assert "environment host: h vs other" in text
+    assert "train_loss" not in text.split("test_acc")[0]  # only what differs is named

@@ -31,3 +31,22 @@ def test_a_uri_storage_path_keeps_a_local_copy_and_never_overwrites(tmp_path, mo
     with pytest.raises(SpecError, match="--storage-path: cannot use it"):
         cli._results_folders("nosuchfs://bucket/prefix", "s1")
     assert cli._results_folders(str(tmp_path / "runs"), "s1") == (tmp_path / "runs" / "s1", None)
+
+
+def test_download_fills_in_a_local_copy_without_overwriting(tmp_path):
+    remote = tmp_path / "bucket" / "s1"
+    (remote / "train" / "t1" / "epoch_0002").mkdir(parents=True)
+    (remote / "train" / "t1" / "epoch_0002" / "history.json").write_text("[]")
+    (remote / "spec.yaml").write_text("name: remote\n")
+    (remote / "optuna.db").write_text("db")
+    local = tmp_path / "results" / "s1"
+    local.mkdir(parents=True)
+    (local / "spec.yaml").write_text("name: mine\n")
+    storage.download(f"file://{remote}", local)
+    assert (local / "spec.yaml").read_text() == "name: mine\n"
+    assert (local / "optuna.db").read_text() == "db"
+    assert not (local / "train").exists()  # checkpoints stay where the trials read them
+    uri = f"file://{remote}/train/t1"
+    assert storage.subfolders(uri) == ["epoch_0002"] == storage.subfolders(str(remote / "train/t1"))
+    assert storage.subfolders(f"file://{remote}/nothing") == []
+    assert storage.read_text(f"{uri}/epoch_0002/history.json") == "[]"

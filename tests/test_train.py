@@ -129,3 +129,11 @@ def test_hour_price_of_a_reservation():
     r = ResourceSpec(num_workers=2, cpus_per_worker=4.0, use_gpu=True, gpus_per_worker=0.5,
                      cpu_hour_usd=0.05, gpu_hour_usd=2.0)
     assert r.hour_usd == pytest.approx(2 * (4 * 0.05 + 0.5 * 2.0))
+
+
+def test_deterministic_switches_torch_to_deterministic_kernels_and_back(digits_dir):
+    spec = TrainSpec(model="mlp", epochs=1, optimizer="adam", lr=1e-3, deterministic=True)
+    fit(DataSpec(data_dir=digits_dir), spec)
+    assert torch.are_deterministic_algorithms_enabled()
+    fit(DataSpec(data_dir=digits_dir), dataclasses.replace(spec, deterministic=False))
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -34,14 +34,23 @@ NORMALIZE = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
 
 
 class DataError(RuntimeError):
-    """A dataset that cannot be found, fetched or read; the message is one line."""
+    """A dataset (or pretrained weights) that cannot be found, fetched or read; the
+    message is one line."""
+
+
+@dataclass(frozen=True)
+class Tokenize:
+    """How a text dataset is tokenized for a trial: by its model's tokenizer."""
+
+    source: str  # a Hugging Face hub id or a saved folder
+    max_len: int
 
 
 @dataclass
 class Datasets:
     train: Dataset
     test: Dataset
-    input_shape: tuple[int, int, int]  # C, H, W
+    input_shape: tuple[int, ...]  # C, H, W; text: 2, max_len
     num_classes: int
     source: str  # where the data came from, for the report
 
@@ -93,14 +102,20 @@ def check(spec: DataSpec) -> None:
         raise SpecError("data.dataset", f"unknown dataset; one of {sorted(REGISTRY)}", spec.dataset)
 
 
-def load(spec: DataSpec) -> Datasets:
-    """Load (and on first use on this node, fetch) a dataset. Safe to call from many workers."""
+def load(spec: DataSpec, tokenize: Tokenize | None = None) -> Datasets:
+    """Load (and on first use on this node, fetch) a dataset. Safe to call from many
+    workers. Text datasets need `tokenize`."""
     check(spec)
     root = Path(spec.data_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     # One fetch per node: concurrent workers wait on the lock, then find the files.
     with FileLock(str(root / f".{spec.dataset}.lock")):
-        ds = REGISTRY[spec.dataset](spec)
+        if spec.dataset in TEXT:
+            if tokenize is None:
+                raise DataError(f"{spec.dataset} is text: it is tokenized for the trial's model")
+            ds = REGISTRY[spec.dataset](spec, tokenize)
+        else:
+            ds = REGISTRY[spec.dataset](spec)
     if spec.subset and spec.subset < len(ds.train):
         ds.train = _head(ds.train, spec.subset)
     return ds
@@ -162,6 +177,36 @@ def _synthetic(spec: DataSpec) -> Datasets:
 
     return Datasets(t(spec.num_samples), t(n_test), (spec.channels, size, size),
                     spec.num_classes, "synthetic")
+
+
+# Sentence pairs, tokenized per (tokenizer, max_len) and cached as int64 (N, 2, L):
+# input_ids and attention_mask. Needs the `nlp` extra (raytune_ctr/text.py).
+TEXT = {"glue-mrpc"}
+
+
+@register("glue-mrpc", lambda s: None)  # (2, max_seq_length): known per trial
+def _glue_mrpc(spec: DataSpec, tokenize: Tokenize) -> Datasets:
+    from raytune_ctr import text
+
+    root = Path(spec.data_dir).expanduser()
+    tok = text.tokenizer(tokenize.source)
+    cache = root / "glue-mrpc" / f"tokenized-{text.cache_key(tokenize.source, tok, tokenize.max_len)}.pt"
+    shape = (2, tokenize.max_len)
+    if cache.is_file():
+        try:
+            t = torch.load(cache)
+            return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), shape, 2, t["source"])
+        except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke
+            log.warning("%s is damaged (%s); rebuilding it", cache, type(err).__name__)
+    raw, source = text.mrpc_text(root, spec.download)
+    sets = {k: TensorSet(text.tokenize_pairs(tok, a, b, tokenize.max_len), torch.tensor(y))
+            for k, (a, b, y) in raw.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"train": (sets["train"].x, sets["train"].y), "test": (sets["test"].x,
+               sets["test"].y), "source": source}, tmp)
+    tmp.replace(cache)
+    return Datasets(sets["train"], sets["test"], shape, 2, source)
 
 
 def _idx_source(name: str, spec: DataSpec) -> Path | None:
@@ -287,7 +332,7 @@ def _imagefolder(spec: DataSpec) -> Datasets:
 
 
 # Sets `load` returns as TensorSets, which data_on_device can hold on the GPU.
-IN_MEMORY = {"digits", "synthetic", "mnist", "fashion-mnist"}
+IN_MEMORY = {"digits", "synthetic", "mnist", "fashion-mnist", *TEXT}
 
 
 def place(ds: Datasets, device: torch.device, mode: str | bool) -> bool:

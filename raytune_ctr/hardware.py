@@ -38,12 +38,13 @@ def peak_tflops(gpu_name: str, precision: str = "fp32", override: float | None =
 
 
 def flops_per_sample(model: nn.Module, shape: tuple[int, ...], num_classes: int,
-                     device: torch.device, batch: int = 2) -> float:
-    """Training FLOPs (forward + backward) per sample, counted on one small batch."""
+                     device: torch.device, batch: int = 2, dtype=torch.float32) -> float:
+    """Training FLOPs (forward + backward) per sample, counted on one small batch
+    (of ones: for text that is token 1 everywhere, attended)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     net = getattr(model, "module", model)  # count the bare net, not DDP's hooks
-    x = torch.zeros(batch, *shape, device=device)
+    x = torch.ones(batch, *shape, device=device, dtype=dtype)
     y = torch.zeros(batch, dtype=torch.long, device=device)
     counter = FlopCounterMode(display=False)
     was_training = net.training

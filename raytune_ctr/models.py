@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -23,9 +24,26 @@ def register(name: str, min_size: int = 1):
     return wrap
 
 
+# Text models (study S4) come from Hugging Face: these names, or hf:<hub id or folder>
+# for any sequence classifier. Built in raytune_ctr/text.py (the `nlp` extra).
+TEXT = {"distilbert-base-uncased"}
+
+
+def hf_source(name: str) -> str | None:
+    """The hub id or folder of a text model; None for the vision models."""
+    if name.startswith("hf:"):
+        return os.path.expanduser(name[3:])
+    return name if name in TEXT else None
+
+
 def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
+    if hf_source(name) is not None:
+        if not hf_source(name):
+            raise SpecError(key, "hf: needs a hub id or a folder after it", name)
+        return
     if name not in REGISTRY:
-        raise SpecError(key, f"unknown model; one of {sorted(REGISTRY)}", name)
+        raise SpecError(key, f"unknown model; one of {sorted(REGISTRY | dict.fromkeys(TEXT))} "
+                        "or hf:<hub id or folder>", name)
     if shape is not None and min(shape[1:]) < MIN_SIZE[name]:
         raise SpecError(key, f"{name} needs inputs of at least {MIN_SIZE[name]}x{MIN_SIZE[name]} px "
                         f"but the dataset gives {shape[1]}x{shape[2]}", name)
@@ -33,6 +51,10 @@ def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
 
 def build(name: str, shape: Shape, num_classes: int, *, hidden: tuple[int, ...] = (100,)) -> nn.Module:
     check(name, shape)
+    if (source := hf_source(name)) is not None:
+        from raytune_ctr import text
+
+        return text.classifier(source, num_classes)
     return REGISTRY[name](shape, num_classes, hidden=hidden)
 
 

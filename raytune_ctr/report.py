@@ -87,10 +87,17 @@ def time_table(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, str]:
     per["speedup"] = per.loc[base, "s/epoch"] / per["s/epoch"]
     # What the speedup costs in accuracy (studies.md S5): points against the baseline.
     per["Δ acc (points)"] = per["final test acc %"] - per.loc[base, "final test acc %"]
+    if "test_f1" in last and last["test_f1"].notna().any():
+        per["final test F1 %"] = last.groupby("config", sort=False)["test_f1"].mean()
+    # Memory next to accuracy and time (S4): the device's peak, CUDA on a GPU.
+    mem = "peak_memory_mb" if "peak_memory_mb" in ok and ok["peak_memory_mb"].notna().any() \
+        else "peak_rss_mb"
+    per["peak memory MB"] = ok.groupby("config", sort=False)[mem].max()
     if "cost_usd" in last and last["cost_usd"].notna().any():
         per["cost USD"] = last.groupby("config", sort=False)["cost_usd"].mean()
     return per.round({"s/epoch": 2, "total train s": 1, "samples/s": 0, "final test acc %": 2,
-                      "speedup": 2, "Δ acc (points)": 2, "cost USD": 5}), base
+                      "final test F1 %": 2, "speedup": 2, "Δ acc (points)": 2,
+                      "peak memory MB": 0, "cost USD": 5}), base
 
 
 def baseline_config(df: pd.DataFrame, spec: Spec) -> str:

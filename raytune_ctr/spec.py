@@ -78,9 +78,12 @@ class TrainSpec:
     optimizer: Literal["adadelta", "sgd", "adam", "adamw"] = "adadelta"
     momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.9  # sgd only
     weight_decay: Annotated[StrictFloat, Field(ge=0)] = 0.0
-    lr_schedule: Literal["step", "onecycle", "none"] = "step"
+    # linear: decay to 0 over the run, per step (Hugging Face's default for fine-tuning)
+    lr_schedule: Literal["step", "onecycle", "linear", "none"] = "step"
     gamma: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.7  # StepLR, per epoch (pytorch/examples)
     seed: Annotated[StrictInt, Field(ge=0)] = 1
+    # Text models: tokens per sentence pair (truncated or padded to it).
+    max_seq_length: PositiveInt = 128
     # Deterministic kernels (torch.use_deterministic_algorithms), so a rerun with the
     # same seed gives bit-identical metrics; an Optuna search then runs one trial at
     # a time, because TPE's next suggestion depends on the order results arrive in.
@@ -105,6 +108,9 @@ class ResourceSpec:
     # Prices for cost_usd: a node's hourly price divided by its vCPUs or GPUs
     # (e.g. GCP n1-standard-2 on demand $0.095/h -> 0.0475 per vCPU-hour; use the
     # spot/preemptible price for Spot nodes). 0 leaves cost_usd out.
+    # Host memory per Train worker: Ray reserves it when scheduling, and a worker whose
+    # peak RSS goes over it fails the trial with "out of memory". None: no limit.
+    max_memory_gb: PositiveFloat | None = None
     cpu_hour_usd: Annotated[StrictFloat, Field(ge=0)] = 0.0
     gpu_hour_usd: Annotated[StrictFloat, Field(ge=0)] = 0.0
 
@@ -366,8 +372,13 @@ def _check(spec: Spec) -> None:
 
     data.check(spec.data)
     shape = data.input_shape(spec.data)
-    for m in _candidates(spec)["model"]:
+    text = spec.data.dataset in data.TEXT
+    for m in candidates(spec)["model"]:
         models.check(m, shape, key="train.model")
+        if (models.hf_source(m) is not None) != text:
+            raise SpecError("train.model", f"{'a text' if text else 'an image'} dataset "
+                            f"({spec.data.dataset}) needs {'a text' if text else 'an image'} "
+                            "model", m)
     if spec.data.data_on_device is True and spec.data.dataset not in data.IN_MEMORY:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)
@@ -377,7 +388,7 @@ def _check(spec: Spec) -> None:
                             "because it is split across workers", train.batch_size)
 
 
-def _candidates(spec: Spec) -> dict[str, list]:
+def candidates(spec: Spec) -> dict[str, list]:
     """Every value each searched field can take (bounds for ranges), plus fixed ones."""
     out = {name: [getattr(spec.train if cls is TrainSpec else spec.resources, name)]
            for name, cls in SEARCHABLE.items()}
@@ -396,7 +407,7 @@ def all_trials(spec: Spec) -> list[tuple[TrainSpec, ResourceSpec]]:
     """Trials to plan for: every grid point, or the corners of a random/optuna space."""
     if spec.search.method == "grid":
         return [spec.resolve(p) for p in spec.grid_points()]
-    cand = _candidates(spec)
+    cand = candidates(spec)
     keys = list(spec.search.space)
     corners = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(cand[k] for k in keys))]
     return [spec.resolve(p) for p in corners + [dict(p) for p in spec.search.points]]
@@ -441,9 +452,17 @@ def plan_concurrency(spec: Spec, cluster: dict[str, float], nodes: list[dict[str
             raise SpecError("resources.num_workers",
                             f"{res.num_workers} workers x {res.gpus_per_worker:g} GPUs need "
                             f"{need_gpu:g} GPUs but the cluster has {gpus:g}", res.num_workers)
+        if res.max_memory_gb is not None:
+            node_mem = max((n.get("memory", 0.0) for n in nodes), default=0.0) / 2**30
+            if node_mem and res.max_memory_gb > node_mem:
+                raise SpecError("resources.max_memory_gb", f"no node has that much memory for "
+                                f"Ray to give (largest: {node_mem:.1f} GB)", res.max_memory_gb)
         fit = math.floor(cpus / need_cpu + 1e-9)
         if need_gpu:
             fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
+        if res.max_memory_gb and cluster.get("memory"):
+            fit = min(fit, max(1, math.floor(cluster["memory"] / 2**30
+                                             / (res.num_workers * res.max_memory_gb))))
         fits.append(fit)
     if spec.train.deterministic and spec.search.method == "optuna":
         return 1  # TPE's suggestions depend on the order results come back in

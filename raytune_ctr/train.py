@@ -3,11 +3,13 @@ benchmarks call `fit` directly on plain torch.
 
 Each epoch reports (global over all workers):
     epoch, train_loss, train_acc, test_loss, test_acc (percent),
+    test_f1 (percent, positive class 1; two-class tasks only),
     epoch_time_s   training pass only, read after the GPU has synchronized
     train_time_s   sum of epoch_time_s so far: the clock objectives and ASHA use
     data_time_s    part of epoch_time_s spent waiting for batches
     eval_time_s, setup_time_s (data + model build, once), samples_per_s,
-    peak_rss_mb (largest worker), peak_cuda_mb (GPU only),
+    peak_rss_mb (largest worker), peak_cuda_mb (GPU only), peak_memory_mb (the
+    device's: CUDA on a GPU, else host RSS; the memory objective),
     flops_per_sample (training, counted once), tflops (achieved), mfu (against the
     device's peak; absent when unknown), gpu_util (NVML %, GPU only),
     cost_usd (train time x the reservation's hourly price, when prices are set),
@@ -39,9 +41,9 @@ from raytune_ctr.fingerprint import fingerprint
 from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec
 
 METRICS = {
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_f1", "epoch_time_s",
     "train_time_s", "data_time_s", "eval_time_s", "setup_time_s", "samples_per_s",
-    "peak_rss_mb", "peak_cuda_mb", "flops_per_sample", "tflops", "mfu", "gpu_util",
+    "peak_rss_mb", "peak_cuda_mb", "peak_memory_mb", "flops_per_sample", "tflops", "mfu", "gpu_util",
     "cost_usd",
 }
 # What the fast path chose for a trial (auto settings resolved), kept beside the metrics.
@@ -99,6 +101,9 @@ def make_schedule(spec: TrainSpec, opt, steps_per_epoch: int):
             opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch,
             cycle_momentum=spec.optimizer != "adadelta")
         return sched, True
+    if spec.lr_schedule == "linear":
+        total = spec.epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total)), True
     return None, False
 
 
@@ -128,9 +133,18 @@ def _bare(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def check_memory(limit_mb: float | None) -> None:
+    """Fail clearly, as the trial's error, once this process has used more host memory
+    than its limit; never wait for the kernel's OOM killer to end it silently."""
+    if limit_mb is not None and (rss := peak_rss_mb()) > limit_mb:
+        raise MemoryError(f"out of memory: peak RSS {rss:.0f} MB is over "
+                          f"resources.max_memory_gb ({limit_mb / 1024:g} GB per worker)")
+
+
 def train_epoch(model: nn.Module, ds, opt, sched, per_batch: bool, *, batch_size: int,
                 rank: int, world: int, seed: int, device: torch.device, loader_workers: int = 0,
-                precision: str = "fp32", memory_format=torch.contiguous_format):
+                precision: str = "fp32", memory_format=torch.contiguous_format,
+                memory_limit_mb: float | None = None):
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -154,6 +168,7 @@ def train_epoch(model: nn.Module, ds, opt, sched, per_batch: bool, *, batch_size
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         n += len(y)
+        check_memory(memory_limit_mb)  # the high-water mark: it sees peaks inside the step
     _sync(device)
     elapsed = time.perf_counter() - start
     return float(loss_sum), int(correct), n, elapsed, data_time
@@ -168,16 +183,19 @@ def evaluate(model: nn.Module, ds, *, batch_size: int, rank: int, world: int,
     net = _bare(model)
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    # correct, then for class 1: true positives, predicted positives, actual positives
+    counts = torch.zeros(4, device=device, dtype=torch.long)
     n = 0
     for x, y in data.batches(ds, batch_size, rank=rank, world=world, seed=None, train=False,
                              device=device, loader_workers=loader_workers):
         with _autocast(device, precision):
             out = net(x.contiguous(memory_format=memory_format))
         loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
-        correct += (out.argmax(1) == y).sum()
+        pred = out.argmax(1)
+        counts += torch.stack([(pred == y).sum(), ((pred == 1) & (y == 1)).sum(),
+                               (pred == 1).sum(), (y == 1).sum()])
         n += len(y)
-    return float(loss_sum), int(correct), n
+    return float(loss_sum), *map(int, counts.tolist()), n
 
 
 def _warm_up(model: nn.Module, ds, batch_size: int, device: torch.device, fast: dict) -> None:
@@ -199,7 +217,7 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         rank: int = 0, world: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
         report: Callable[[dict, dict], None] | None = None, loader_workers: int | None = None,
         peak_tflops: float | None = None, hour_usd: float = 0.0,
-        state: dict | None = None) -> list[dict]:
+        state: dict | None = None, memory_limit_mb: float | None = None) -> list[dict]:
     """Train `spec.epochs` epochs, calling `report(metrics, state)` after each; return the
     epochs' metrics. `state`, one that `report` was given, continues that run after
     its epoch as if it had never stopped."""
@@ -207,10 +225,12 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
     per_rank = max(1, spec.batch_size // world)
     t0 = time.perf_counter()
     seed_everything(spec.seed, spec.deterministic)
-    ds = data.load(data_spec)
+    source = models.hf_source(spec.model)
+    ds = data.load(data_spec, data.Tokenize(source, spec.max_seq_length) if source else None)
     on_device = data.place(ds, device, data_spec.data_on_device)
     model = models.build(spec.model, ds.input_shape, ds.num_classes, hidden=spec.hidden).to(device)
-    flops = hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device)
+    flops = hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device,
+                                      dtype=ds.train.x.dtype if ds.in_memory else torch.float32)
     if state is not None:  # before DDP wraps it: DDP broadcasts rank 0's weights
         model.load_state_dict(state["model"])
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -254,14 +274,17 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
             loss, correct, n, elapsed, data_time = train_epoch(
                 model, ds.train, opt, sched, per_batch, batch_size=per_rank, rank=rank,
                 world=world, seed=spec.seed * 100_003 + epoch, device=device, loader_workers=lw,
-                **fast)
+                memory_limit_mb=memory_limit_mb, **fast)
         if sched is not None and not per_batch:
             sched.step()
         t_eval = time.perf_counter()
-        tloss, tcorrect, tn = evaluate(model, ds.test, batch_size=spec.test_batch_size, rank=rank,
-                                       world=world, device=device, loader_workers=lw, **fast)
+        tloss, tcorrect, tp, ppos, apos, tn = evaluate(
+            model, ds.test, batch_size=spec.test_batch_size, rank=rank, world=world,
+            device=device, loader_workers=lw, **fast)
+        check_memory(memory_limit_mb)
         eval_time = time.perf_counter() - t_eval
-        loss, correct, n, tloss, tcorrect, tn = _reduce([loss, correct, n, tloss, tcorrect, tn])
+        loss, correct, n, tloss, tcorrect, tp, ppos, apos, tn = _reduce(
+            [loss, correct, n, tloss, tcorrect, tp, ppos, apos, tn])
         elapsed, data_time, eval_time, rss = _reduce(
             [elapsed, data_time, eval_time, peak_rss_mb()], dist.ReduceOp.MAX if world > 1 else None)
         train_time += elapsed
@@ -274,6 +297,8 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
             "samples_per_s": n / elapsed, "peak_rss_mb": rss,
             "flops_per_sample": flops, "tflops": flops * n / elapsed / 1e12,
         }
+        if ds.num_classes == 2:
+            metrics["test_f1"] = 100.0 * 2 * tp / (ppos + apos) if ppos + apos else 0.0
         if hour_usd:
             metrics["cost_usd"] = train_time / 3600 * hour_usd
         if peak:
@@ -286,6 +311,7 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         if device.type == "cuda":
             metrics["peak_cuda_mb"] = _reduce([torch.cuda.max_memory_allocated(device) / 2**20],
                                               dist.ReduceOp.MAX if world > 1 else None)[0]
+        metrics["peak_memory_mb"] = metrics.get("peak_cuda_mb", rss)
         if not math.isfinite(metrics["train_loss"]):
             # A diverged trial is a failure, never a low score.
             raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
@@ -347,4 +373,5 @@ def train_func(config: dict) -> None:
     # 3. Train; prepare_model wraps the net in DDP (gloo on CPU, nccl on GPU).
     fit(data_spec, spec, device=ray.train.torch.get_device(), rank=rank,
         world=ctx.get_world_size(), wrap=ray.train.torch.prepare_model, report=report,
-        peak_tflops=res.peak_tflops, hour_usd=res.hour_usd, state=state)
+        peak_tflops=res.peak_tflops, hour_usd=res.hour_usd, state=state,
+        memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None)

@@ -396,5 +396,19 @@ def record_optuna_study(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
 
 
 def prepare_data(spec: Spec) -> str:
-    """Fetch/verify the dataset on this node before any trial starts; return its source."""
-    return data.load(spec.data).source
+    """Fetch/verify the dataset on this node before any trial starts; return its source.
+
+    A text dataset is tokenized here for every model and length the trials can ask
+    for (cached for the workers), and each model's weights are fetched once.
+    """
+    if spec.data.dataset not in data.TEXT:
+        return data.load(spec.data).source
+    from raytune_ctr import models
+
+    cand = spec_lib.candidates(spec)
+    for name in cand["model"]:
+        source = models.hf_source(name)
+        for length in cand["max_seq_length"]:
+            ds = data.load(spec.data, data.Tokenize(source, length))
+        models.build(name, ds.input_shape, ds.num_classes)
+    return ds.source

@@ -87,6 +87,8 @@ def run_trial(config: dict, spec: Spec, storage: str) -> None:
 
     train, res = spec.resolve(config)
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.use_gpu else {})
+    if res.max_memory_gb:
+        per_worker["memory"] = res.max_memory_gb * 2**30  # Ray counts memory in bytes
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"data": dataclasses.asdict(spec.data),

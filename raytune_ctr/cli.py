@@ -76,14 +76,15 @@ def _resume_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
         raise SpecError("--resume", "must be a plain folder name", name)
     uri = storage_lib.join(storage_path, name) if storage_lib.is_uri(storage_path) else None
     run_dir = Path(LOCAL_RESULTS if uri else storage_path).expanduser().resolve() / name
+    where = uri or str(run_dir)
     try:
         if uri and storage_lib.exists(uri):
             storage_lib.download(uri, run_dir)  # spec.yaml and optuna.db, if not here
+        resumable = tuner.can_resume(where)
     except (OSError, ValueError) as err:
         raise SpecError("--storage-path", f"cannot use it ({str(err).splitlines()[0]})",
                         storage_path) from None
-    where = uri or str(run_dir)
-    if not (run_dir / "spec.yaml").is_file() or not tuner.can_resume(where):
+    if not (run_dir / "spec.yaml").is_file() or not resumable:
         raise SpecError("--resume", f"no interrupted sweep at {where} (nothing was changed)", name)
     if (run_dir / "trials.parquet").is_file():
         raise SpecError("--resume", f"that sweep finished; its results are in {run_dir}", name)
@@ -114,6 +115,8 @@ def sweep(args: argparse.Namespace) -> int:
     log.info("data: %s; running up to %d trials at once", source, concurrency)
     run_dir.mkdir(parents=True)
     spec_lib.dump(spec, run_dir / "spec.yaml")
+    if uri:  # so --resume can find the spec from another machine
+        storage_lib.upload(run_dir, uri)
     df = tuner.run_sweep(spec, run_dir, concurrency=concurrency, storage=uri)
     return _finish(spec, df, run_dir, uri)
 
@@ -139,7 +142,10 @@ def resume(args: argparse.Namespace) -> int:
     except (SpecError, DataError) as err:
         return _fail(str(err))
     log.info("data: %s; resuming %s", source, uri or run_dir)
-    df = tuner.resume_sweep(spec, run_dir, storage=uri)
+    try:
+        df = tuner.resume_sweep(spec, run_dir, storage=uri)
+    except SpecError as err:  # Tune could not read its own state back
+        return _fail(str(err))
     return _finish(spec, df, run_dir, uri)
 
 

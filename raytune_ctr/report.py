@@ -191,6 +191,8 @@ def recovered_table(df: pd.DataFrame) -> pd.DataFrame:
     out["worker-group restarts"] = g["retries"].max() if "retries" in df else float("nan")
     out["resumed from epoch"] = (g["resumed_from_epoch"].max() if "resumed_from_epoch" in df
                                  else float("nan"))
+    if "retry_error" in df:
+        out["last restart's error"] = g["retry_error"].last().fillna("")
     hit = (out["worker-group restarts"].fillna(0) > 0) | (out["resumed from epoch"].fillna(0) > 0)
     return out[hit]
 
@@ -307,7 +309,8 @@ def build(run_dir: Path) -> Path:
 
 # What the same spec and seed must reproduce exactly; the rest of the metrics
 # are measurements (time, memory, utilization) that vary from run to run.
-REPRODUCIBLE = ("train_loss", "train_acc", "test_loss", "test_acc", "flops_per_sample")
+REPRODUCIBLE = ("train_loss", "train_acc", "test_loss", "test_acc", "test_f1",
+                "flops_per_sample")
 TIMING = ("epoch_time_s", "train_time_s", "samples_per_s", "setup_time_s", "peak_rss_mb")
 
 

@@ -379,6 +379,9 @@ def _check(spec: Spec) -> None:
             raise SpecError("train.model", f"{'a text' if text else 'an image'} dataset "
                             f"({spec.data.dataset}) needs {'a text' if text else 'an image'} "
                             "model", m)
+    if text and True in candidates(spec)["channels_last"]:
+        raise SpecError("train.channels_last", "is for conv nets; text batches are token ids",
+                        True)
     if spec.data.data_on_device is True and spec.data.dataset not in data.IN_MEMORY:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)
@@ -461,8 +464,14 @@ def plan_concurrency(spec: Spec, cluster: dict[str, float], nodes: list[dict[str
         if need_gpu:
             fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
         if res.max_memory_gb and cluster.get("memory"):
-            fit = min(fit, max(1, math.floor(cluster["memory"] / 2**30
-                                             / (res.num_workers * res.max_memory_gb))))
+            # Whole workers per node: Ray places each worker's memory on one node.
+            slots = sum(math.floor(n.get("memory", 0.0) / 2**30 / res.max_memory_gb + 1e-9)
+                        for n in nodes)
+            if slots < res.num_workers:
+                raise SpecError("resources.max_memory_gb", f"{res.num_workers} workers x "
+                                f"{res.max_memory_gb:g} GB do not fit in the cluster's memory "
+                                f"for Ray ({cluster['memory'] / 2**30:.1f} GB)", res.max_memory_gb)
+            fit = min(fit, slots // res.num_workers)
         fits.append(fit)
     if spec.train.deterministic and spec.search.method == "optuna":
         return 1  # TPE's suggestions depend on the order results come back in

@@ -42,7 +42,18 @@ def _fetch_hint(source: str) -> str:
             f"online, run `hf download {source}` once, or use hf:<folder> with a saved model")
 
 
+def require() -> None:
+    """One line, not an ImportError traceback, when the `nlp` extra is missing."""
+    try:
+        import datasets  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise DataError(f"the text workload needs the nlp extra ({err.name} is missing): "
+                        "pip install -e \".[nlp]\"") from None
+
+
 def tokenizer(source: str):
+    require()
     from transformers import AutoTokenizer
 
     try:
@@ -68,6 +79,7 @@ class PairClassifier(nn.Module):
 
 
 def classifier(source: str, num_classes: int) -> PairClassifier:
+    require()
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -115,8 +127,8 @@ def mrpc_text(data_dir: Path, download: bool) -> tuple[dict[str, tuple], str]:
         import datasets
 
         datasets.utils.logging.disable_progress_bar()
-        ds = datasets.load_dataset(*MRPC_HUB, download_mode=None if download else
-                                   "reuse_cache_if_exists")
+        ds = datasets.load_dataset(*MRPC_HUB, download_config=None if download else
+                                   datasets.DownloadConfig(local_files_only=True))
     except Exception as err:  # noqa: BLE001 - datasets raises many kinds for "not here"
         raise DataError(
             f"GLUE MRPC: not in {local} ({', '.join(MRPC_FILES)}) nor in the Hugging Face "

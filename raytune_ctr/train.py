@@ -47,8 +47,10 @@ METRICS = {
     "cost_usd",
 }
 # What the fast path chose for a trial (auto settings resolved), kept beside the metrics.
-# `retries` (worker-group failures recovered from) is added by the tuner's callback.
-FACTS = {"data_on_device_used", "channels_last_used", "resumed_from_epoch", "retries"}
+# `retries` (worker-group failures recovered from) and `retry_error` (the last one's
+# error) are added by the tuner's callback.
+FACTS = {"data_on_device_used", "channels_last_used", "resumed_from_epoch", "retries",
+         "retry_error"}
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -59,23 +61,27 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         # cuBLAS needs this before its first use to pick reproducible reductions.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(deterministic)
+    # warn_only: an op with no deterministic kernel (CUDA's adaptive-pool backward in
+    # the ResNets) warns instead of failing the trial; every other op is deterministic.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The random streams a run draws from. Every rank is seeded alike and draws alike,
+    so rank 0's streams stand for all; CUDA's is the one of the device in use."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(),
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def make_optimizer(spec: TrainSpec, params) -> torch.optim.Optimizer:
@@ -220,7 +226,8 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         state: dict | None = None, memory_limit_mb: float | None = None) -> list[dict]:
     """Train `spec.epochs` epochs, calling `report(metrics, state)` after each; return the
     epochs' metrics. `state`, one that `report` was given, continues that run after
-    its epoch as if it had never stopped."""
+    its epoch as if it had never stopped (when it was the last epoch, `report` gets
+    the final metrics once more, with state None)."""
     device = device or torch.device("cpu")
     per_rank = max(1, spec.batch_size // world)
     t0 = time.perf_counter()
@@ -231,8 +238,6 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
     model = models.build(spec.model, ds.input_shape, ds.num_classes, hidden=spec.hidden).to(device)
     flops = hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device,
                                       dtype=ds.train.x.dtype if ds.in_memory else torch.float32)
-    if state is not None:  # before DDP wraps it: DDP broadcasts rank 0's weights
-        model.load_state_dict(state["model"])
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = spec.channels_last is True or (
         spec.channels_last == "auto" and device.type == "cuda" and conv)
@@ -261,13 +266,15 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
 
     history, train_time, start, before = [], 0.0, 0, []
     if state is not None:
-        # Last: set-up above (FLOP counting, compile warm-up) draws random numbers too.
-        set_rng_state(state["rng"])
+        # Last, on every rank: the compile warm-up moves BatchNorm's running stats, and
+        # set-up (FLOP counting, warm-up) draws random numbers.
+        _bare(model).load_state_dict(state["model"])
+        set_rng_state(state["rng"], device)
         start, train_time = state["epoch"], state["metrics"]["train_time_s"]
         before = state["history"]
         if start >= spec.epochs and report is not None:
             # Stopped after its last checkpoint: say the final result once more.
-            report(state["metrics"] | {"resumed_from_epoch": start}, state)
+            report(state["metrics"] | {"resumed_from_epoch": start}, None)
     for epoch in range(start + 1, spec.epochs + 1):
         # Same permutation on every rank for an epoch, different across epochs.
         with hardware.GpuUtilization(device) as util:
@@ -324,7 +331,7 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
                              "model": _bare(model).state_dict(),
                              "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict() if sched is not None else None,
-                             "rng": rng_state()})
+                             "rng": rng_state(device)})
     return history
 
 
@@ -359,7 +366,10 @@ def train_func(config: dict) -> None:
             # Our own file: RNG states are numpy and tuples, beyond weights_only.
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
 
-    def report(metrics: dict, state: dict) -> None:
+    def report(metrics: dict, state: dict | None) -> None:
+        if state is None:  # the final result again: its checkpoint is already saved
+            ray.train.report(metrics)
+            return
         # Rank 0 writes the checkpoint (every rank holds the same weights); all report.
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:

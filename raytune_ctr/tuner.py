@@ -13,6 +13,7 @@ import posixpath
 from pathlib import Path
 
 import pandas as pd
+from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ctr import data
 from raytune_ctr import spec as spec_lib
@@ -55,22 +56,28 @@ def smoke(spec: Spec) -> Spec:
 
 
 def _report_to_tune():
-    """Tune's callback for Train, adding `retries`: the worker-group failures this
-    Train run has recovered from so far. It lives in Train's controller, which
-    outlives the worker groups it restarts."""
+    """Tune's callback for Train, adding `retries`, the worker-group failures this
+    Train run has recovered from so far, and `retry_error`, the last one's error.
+    It lives in Train's controller, which outlives the worker groups it restarts."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class ReportToTune(TuneReportCallback):
         def __init__(self):
             super().__init__()
-            self.failures = 0
+            self.failures, self.error, self.failing = 0, "", False
 
         def after_exception(self, run_context, worker_exceptions):
-            self.failures += 1
+            # Called on every poll that sees the errors: count a failure once, until
+            # the restarted group reports again.
+            if not self.failing:
+                self.failures += 1
+                self.error = _error_line(next(iter(worker_exceptions.values())))
+            self.failing = True
 
         def after_report(self, run_context, metrics, checkpoint):
-            metrics = [m | {"retries": self.failures} for m in metrics]
-            super().after_report(run_context, metrics, checkpoint)
+            self.failing = False
+            extra = {"retries": self.failures} | ({"retry_error": self.error} if self.error else {})
+            super().after_report(run_context, [m | extra for m in metrics], checkpoint)
 
     return ReportToTune()
 
@@ -147,17 +154,30 @@ def _search(spec: Spec, run_dir: Path, concurrency: int):
                                     max_concurrent=concurrency)
         return space, gen, s.num_samples
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     metrics, modes = list(s.objectives), list(s.objectives.values())
     sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if len(metrics) > 1
                else optuna.samplers.TPESampler(seed=s.seed))
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler, points_to_evaluate=points, study_name=run_dir.name,
         storage=optuna.storages.RDBStorage(optuna_storage_url(run_dir)))
     return space, searcher, s.num_samples
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that survives a resume: a trial which finished after Tune's last
+    experiment checkpoint is already told in the study, so Tune's restarted copy of it
+    must not report to it again (Optuna refuses, and Tune would crash)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
 
 
 def _scheduler(spec: Spec):
@@ -268,13 +288,13 @@ def resume_sweep(spec: Spec, run_dir: Path, *, storage: str | None = None) -> pd
 
     run_dir = Path(run_dir).resolve()
     storage = storage or str(run_dir)
-    tuner = tune.Tuner.restore(storage, trainable=_trainable(spec, storage),
-                               resume_unfinished=True, resume_errored=False,
-                               restart_errored=False)
-    restored = tuner._local_tuner._tune_config.search_alg  # no public getter
-    if spec.search.method == "optuna" and type(restored).__name__ != "OptunaSearch":
-        raise RuntimeError(f"Tune restored a {type(restored).__name__}, not the Optuna "
-                           "searcher; refusing to go on with a different search")
+    try:
+        tuner = tune.Tuner.restore(storage, trainable=_trainable(spec, storage),
+                                   resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
+        raise SpecError("--resume", f"Tune cannot restore {storage} ({_error_line(err)})",
+                        run_dir.name) from None
     df = _tables(tuner.fit(), spec, run_dir, storage)
     if spec.search.method == "optuna":
         _close_orphans(run_dir)
@@ -319,12 +339,12 @@ def checkpointed_epochs(storage: str, trial_id: str) -> list[dict]:
 
     run = posixpath.join(storage, "train", trial_id)
     saved = [d for d in storage_lib.subfolders(run) if d.startswith("epoch_")]
-    if not saved:
-        return []
-    try:
-        return json.loads(storage_lib.read_text(posixpath.join(run, saved[-1], HISTORY_FILE)))
-    except (OSError, ValueError):
-        return []
+    for name in reversed(saved):  # the newest that reads whole (a kill can cut one short)
+        try:
+            return json.loads(storage_lib.read_text(posixpath.join(run, name, HISTORY_FILE)))
+        except (OSError, ValueError):
+            continue
+    return []
 
 
 def collect(grid, spec: Spec, storage: str | None = None) -> pd.DataFrame:
@@ -336,11 +356,15 @@ def collect(grid, spec: Spec, storage: str | None = None) -> pd.DataFrame:
     the trial's last checkpoint in `storage`.
     """
     rows = []
+    runs = storage_lib.subfolders(posixpath.join(storage, "train")) if storage else []
     for i, r in enumerate(grid):
         config = dict(r.config or {})
         train, res = spec.resolve(config)
-        base = {"trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
-                "trial_index": i}
+        # A trial that never reported to Tune still has its id in its folder's name.
+        trial_dir = Path(r.path).name + "_"
+        tid = (r.metrics or {}).get("trial_id") or next(
+            (t for t in runs if f"_{t}_" in trial_dir), Path(r.path).name)
+        base = {"trial_id": tid, "trial_index": i}
         base |= dataclasses.asdict(train) | dataclasses.asdict(res)
         base["hidden"] = "-".join(map(str, train.hidden))
         base["threads_per_worker"] = res.threads

@@ -119,13 +119,18 @@ def test_killed_driver_resumes_to_the_uninterrupted_results(write_spec, tmp_path
     first = df[df["trial_id"].isin(done)]
     assert set(first["resumed_from_epoch"]) <= {0, EPOCHS}
     rest = df[~df["trial_id"].isin(done)]
-    assert rest["resumed_from_epoch"].between(2, EPOCHS - 1).any()
+    # (epoch 2's folder can appear before Train registers it: it may go on from epoch 1)
+    assert rest["resumed_from_epoch"].between(1, EPOCHS - 1).any()
     assert "## Recovered trials" in (cut / "report.md").read_text()
 
-    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{cut / 'optuna.db'}")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3
-    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+    def study(name):
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{res / name / 'optuna.db'}")
+
+    def complete(s):
+        return sorted(str(t.params) for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE)
+
+    assert complete(study("cut")) == complete(study("whole"))
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study("cut").trials)
 
 
 def test_killed_train_worker_restarts_the_trial_from_its_checkpoint(write_spec, tmp_path):

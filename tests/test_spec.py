@@ -121,3 +121,26 @@ def test_plan_concurrency_never_oversubscribes_and_rejects_what_cannot_fit():
                                   [{"CPU": 2.0}] * 4)
     capped = spec_lib.from_dict({"search": {"max_concurrent": 1}})
     assert spec_lib.plan_concurrency(capped, {"CPU": 16.0}, [{"CPU": 16.0}]) == 1
+
+
+def test_memory_requests_are_planned_per_node_and_rejected_when_they_never_fit():
+    gib = 2**30
+    nodes = [{"CPU": 8.0, "memory": 10 * gib}, {"CPU": 8.0, "memory": 10 * gib}]
+    cluster = {"CPU": 16.0, "memory": 20 * gib}
+    # 4 GB workers: two fit on each node, so four one-worker trials run at once.
+    assert spec_lib.plan_concurrency(_spec(max_memory_gb=[4.0]), cluster, nodes) == 4
+    with pytest.raises(SpecError, match=r"resources.max_memory_gb: no node has that much memory"):
+        spec_lib.plan_concurrency(_spec(max_memory_gb=[12.0]), cluster, nodes)
+    # 3 workers x 6 GB: 12 GB fits the cluster's 20 in sum, but only one worker per node.
+    three = spec_lib.from_dict({"resources": {"num_workers": 3, "max_memory_gb": 6.0},
+                                "train": {"batch_size": 64}})
+    with pytest.raises(SpecError, match=r"3 workers x 6 GB do not fit"):
+        spec_lib.plan_concurrency(three, cluster, nodes)
+
+
+def test_text_datasets_take_text_models_without_channels_last():
+    with pytest.raises(SpecError, match="train.channels_last: is for conv nets"):
+        spec_lib.from_dict({"data": {"dataset": "glue-mrpc"},
+                            "train": {"model": "distilbert-base-uncased", "channels_last": True}})
+    with pytest.raises(SpecError, match="an image dataset .digits. needs an image model"):
+        spec_lib.from_dict({"train": {"model": "hf:/some/folder"}})

@@ -144,7 +144,7 @@ def test_killed_train_worker_restarts_the_trial_from_its_checkpoint(write_spec, 
     })
     run = tmp_path / "res" / "kill"
     proc = sweep("--config", spec, "--storage-path", tmp_path / "res", "--name", "kill")
-    wait_for(lambda: max(checkpoints(run).values(), default=0) >= 3, proc, "epoch 3")
+    wait_for(lambda: max(checkpoints(run).values(), default=0) >= 4, proc, "epoch 4")
     workers = [p for p in descendants(proc.pid) if title(p).startswith("ray::RayTrainWorker")]
     assert len(workers) == 2, [title(p) for p in descendants(proc.pid)]
     os.kill(workers[-1], signal.SIGKILL)
@@ -154,10 +154,12 @@ def test_killed_train_worker_restarts_the_trial_from_its_checkpoint(write_spec, 
     df = trials(run)
     assert df["epoch"].tolist() == list(range(1, 21)) and set(df["status"]) == {"COMPLETED"}
     assert df["retries"].max() == 1 and df["retries"].iloc[0] == 0
-    # Epoch 3's folder can appear before Train has registered it as a checkpoint.
+    # A worker writes an epoch's folder before Train's controller registers it as the
+    # latest checkpoint, so the restart can go on from an epoch or two before it.
     resumed = df["resumed_from_epoch"].max()
-    assert resumed >= 2 and (df["retries"] == 1).tolist() == [e > resumed for e in df["epoch"]]
+    assert resumed >= 1 and (df["retries"] == 1).tolist() == [e > resumed for e in df["epoch"]]
     assert df["test_acc"].iloc[-1] > 90.0
+    assert df["retry_error"].iloc[-1]  # why it restarted: the dead worker, in a line
     text = (run / "report.md").read_text()
     recovered = text.split("## Recovered trials", 1)[1].split("##", 1)[0]
     assert "COMPLETED" in recovered and "_none_" not in recovered

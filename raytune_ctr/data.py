@@ -190,7 +190,8 @@ def _glue_mrpc(spec: DataSpec, tokenize: Tokenize) -> Datasets:
 
     root = Path(spec.data_dir).expanduser()
     tok = text.tokenizer(tokenize.source)
-    cache = root / "glue-mrpc" / f"tokenized-{text.cache_key(tokenize.source, tok, tokenize.max_len)}.pt"
+    key = text.cache_key(tokenize.source, tok, tokenize.max_len, root)
+    cache = root / "glue-mrpc" / f"tokenized-{key}.pt"
     shape = (2, tokenize.max_len)
     if cache.is_file():
         try:

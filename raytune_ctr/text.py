@@ -146,9 +146,13 @@ def tokenize_pairs(tok, a: list[str], b: list[str], max_len: int) -> torch.Tenso
     return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
 
 
-def cache_key(source: str, tok, max_len: int) -> str:
+def cache_key(source: str, tok, max_len: int, data_dir: Path) -> str:
+    """Names a tokenized cache: the tokenizer, its vocabulary, the length, and the
+    local TSV files' size and time (new files are tokenized again)."""
     vocab = sorted(tok.get_vocab().items())
-    return hashlib.sha1(repr((source, vocab, max_len)).encode()).hexdigest()[:12]
+    files = [(f, p.stat().st_size, p.stat().st_mtime_ns) for f in MRPC_FILES
+             if (p := data_dir / "glue-mrpc" / f).is_file()]
+    return hashlib.sha1(repr((source, vocab, max_len, files)).encode()).hexdigest()[:12]
 
 
 # --- a tiny stand-in that needs no hub -----------------------------------------
@@ -161,7 +165,7 @@ def _sentence(rng: random.Random) -> list[str]:
     return [rng.choice(WORDS) for _ in range(rng.randint(5, 12))]
 
 
-def make_tiny(folder: str | Path, n_train: int = 512, n_test: int = 128, seed: int = 0) -> Path:
+def make_tiny(folder: str | Path, n_train: int = 2048, n_test: int = 256, seed: int = 0) -> Path:
     """Write a random-weight DistilBERT with a WordPiece tokenizer over WORDS to
     folder/tiny-distilbert, and generated pairs in GLUE's MRPC layout to
     folder/glue-mrpc. A pair is a paraphrase (1) when the second sentence holds the

@@ -124,3 +124,20 @@ def test_smoke_to_a_uri_storage_path(tmp_path, monkeypatch):
     assert {"report.md", "spec.yaml", "optuna.db", "trials.csv"} <= {p.name for p in remote.iterdir()}
     assert any(remote.glob("experiment_state-*.json"))  # Tune's own state, written there
     assert any((remote / "train").iterdir())  # each trial's Train run
+
+
+def test_every_trial_failing_exits_1_and_still_writes_the_report(write_spec, tmp_path):
+    spec = write_spec({
+        "name": "all-fail",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [16], "epochs": 1, "optimizer": "sgd", "lr": 1.0e12,
+                  "lr_schedule": "none"},
+        "search": {"method": "grid", "max_failures": 0},
+    })
+    proc = run("experiments/sweep.py", "--config", spec, "--storage-path", tmp_path / "res",
+               "--name", "bad")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: all 1 trials failed; see ")
+    df = trials(tmp_path / "res" / "bad")
+    assert df["status"].tolist() == ["FAILED"] and df["test_acc"].isna().all()
+    assert "train_loss is nan" in (tmp_path / "res" / "bad" / "report.md").read_text()

@@ -53,10 +53,17 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+def _locate(storage_path: str, name: str, flag: str) -> tuple[Path, str | None]:
+    """(local results folder, URI results folder or None) of results folder `name`."""
+    if "/" in name or name in ("", ".", ".."):
+        raise SpecError(flag, "must be a plain folder name", name)
+    uri = storage_lib.join(storage_path, name) if storage_lib.is_uri(storage_path) else None
+    return Path(LOCAL_RESULTS if uri else storage_path).expanduser().resolve() / name, uri
+
+
 def _results_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
     """(local results folder, URI results folder or None); both must be new."""
-    uri = storage_lib.join(storage_path, name) if storage_lib.is_uri(storage_path) else None
-    run_dir = Path(LOCAL_RESULTS if uri else storage_path).expanduser().resolve() / name
+    run_dir, uri = _locate(storage_path, name, "--name")
     try:
         taken = run_dir if run_dir.exists() else uri if uri and storage_lib.exists(uri) else None
     except (OSError, ValueError) as err:  # unknown scheme, no credentials, no network
@@ -72,10 +79,7 @@ def _resume_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
     """(local results folder, URI results folder or None) of an unfinished sweep."""
     from raytune_ctr import tuner
 
-    if "/" in name or name in ("", ".", ".."):
-        raise SpecError("--resume", "must be a plain folder name", name)
-    uri = storage_lib.join(storage_path, name) if storage_lib.is_uri(storage_path) else None
-    run_dir = Path(LOCAL_RESULTS if uri else storage_path).expanduser().resolve() / name
+    run_dir, uri = _locate(storage_path, name, "--resume")
     where = uri or str(run_dir)
     try:
         if uri and storage_lib.exists(uri):
@@ -104,8 +108,6 @@ def sweep(args: argparse.Namespace) -> int:
         if args.smoke:
             spec = tuner.smoke(spec)
         name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if "/" in name or name in ("", ".", ".."):
-            raise SpecError("--name", "must be a plain folder name", name)
         run_dir, uri = _results_folders(args.storage_path, name)
         source = tuner.prepare_data(spec)
         tuner.init_ray(args.address, verbose=args.verbose)

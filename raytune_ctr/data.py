@@ -127,6 +127,24 @@ def _head(ds: Dataset, n: int) -> Dataset:
     return torch.utils.data.Subset(ds, range(n))
 
 
+def _read_cache(path: Path) -> dict | None:
+    """A tensor cache this module wrote, or None when missing or damaged (rebuilt then)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path)
+    except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke
+        log.warning("%s is damaged (%s); rebuilding it", path, type(err).__name__)
+        return None
+
+
+def _write_cache(path: Path, sets: dict[str, TensorSet], **extra) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({k: (s.x, s.y) for k, s in sets.items()} | extra, tmp)
+    tmp.replace(path)  # atomic: another node process never reads half a file
+
+
 # --- registry entries -------------------------------------------------------
 
 
@@ -138,13 +156,8 @@ def _digits(spec: DataSpec) -> Datasets:
     fresh Train worker about a second, more than an epoch of this set.
     """
     cache = Path(spec.data_dir).expanduser() / "digits.pt"
-    if cache.is_file():
-        try:
-            t = torch.load(cache)
-            return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), (1, 8, 8), 10,
-                            str(cache))
-        except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke
-            log.warning("%s is damaged (%s); rebuilding it", cache, type(err).__name__)
+    if (t := _read_cache(cache)) is not None:
+        return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), (1, 8, 8), 10, str(cache))
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -158,9 +171,7 @@ def _digits(spec: DataSpec) -> Datasets:
         return TensorSet(xs, torch.tensor(b, dtype=torch.long))
 
     train, test = t(xtr, ytr), t(xte, yte)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"train": (train.x, train.y), "test": (test.x, test.y)}, tmp)
-    tmp.replace(cache)  # atomic: another node process never reads half a file
+    _write_cache(cache, {"train": train, "test": test})
     return Datasets(train, test, (1, 8, 8), 10, "sklearn.datasets.load_digits")
 
 
@@ -193,20 +204,12 @@ def _glue_mrpc(spec: DataSpec, tokenize: Tokenize) -> Datasets:
     key = text.cache_key(tokenize.source, tok, tokenize.max_len, root)
     cache = root / "glue-mrpc" / f"tokenized-{key}.pt"
     shape = (2, tokenize.max_len)
-    if cache.is_file():
-        try:
-            t = torch.load(cache)
-            return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), shape, 2, t["source"])
-        except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke
-            log.warning("%s is damaged (%s); rebuilding it", cache, type(err).__name__)
+    if (t := _read_cache(cache)) is not None:
+        return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), shape, 2, t["source"])
     raw, source = text.mrpc_text(root, spec.download)
     sets = {k: TensorSet(text.tokenize_pairs(tok, a, b, tokenize.max_len), torch.tensor(y))
             for k, (a, b, y) in raw.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"train": (sets["train"].x, sets["train"].y), "test": (sets["test"].x,
-               sets["test"].y), "source": source}, tmp)
-    tmp.replace(cache)
+    _write_cache(cache, sets, source=source)
     return Datasets(sets["train"], sets["test"], shape, 2, source)
 
 

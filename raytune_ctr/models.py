@@ -37,8 +37,8 @@ def hf_source(name: str) -> str | None:
 
 
 def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
-    if hf_source(name) is not None:
-        if not hf_source(name):
+    if (source := hf_source(name)) is not None:
+        if not source:
             raise SpecError(key, "hf: needs a hub id or a folder after it", name)
         return
     if name not in REGISTRY:

@@ -183,14 +183,14 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def recovered_table(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that lost a worker (retries) or whose sweep was resumed mid-trial."""
-    cols = [c for c in ("retries", "resumed_from_epoch") if c in df]
-    if not cols:  # results written before these were recorded
-        return pd.DataFrame()
-    g = df[df["epoch"].notna()].groupby("trial_index", sort=True)
-    out = pd.DataFrame({"config": g["config"].first(), "status": g["status"].first()})
-    out["worker-group restarts"] = g["retries"].max() if "retries" in df else float("nan")
-    out["resumed from epoch"] = (g["resumed_from_epoch"].max() if "resumed_from_epoch" in df
-                                 else float("nan"))
+    if not {"retries", "resumed_from_epoch"} & set(df.columns):
+        return pd.DataFrame()  # results written before these were recorded
+    rows = df[df["epoch"].notna()].reindex(
+        columns=[*df.columns, *{"retries", "resumed_from_epoch"} - set(df.columns)])
+    g = rows.groupby("trial_index", sort=True)
+    out = pd.DataFrame({"config": g["config"].first(), "status": g["status"].first(),
+                        "worker-group restarts": g["retries"].max(),
+                        "resumed from epoch": g["resumed_from_epoch"].max()})
     if "retry_error" in df:
         out["last restart's error"] = g["retry_error"].last().fillna("")
     hit = (out["worker-group restarts"].fillna(0) > 0) | (out["resumed from epoch"].fillna(0) > 0)

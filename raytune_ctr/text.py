@@ -52,18 +52,24 @@ def require() -> None:
                         "pip install -e \".[nlp]\"") from None
 
 
-def tokenizer(source: str):
+def _pretrained(auto_class, source: str, **kw):
+    """The Hugging Face cache (or folder) first, then the hub; else one line saying
+    what to fetch."""
     require()
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        return auto_class.from_pretrained(source, local_files_only=True, **kw)
     except OSError:
         pass
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return auto_class.from_pretrained(source, **kw)
     except (OSError, ValueError) as err:
         raise DataError(_fetch_hint(source)) from err
+
+
+def tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    return _pretrained(AutoTokenizer, source)
 
 
 class PairClassifier(nn.Module):
@@ -84,15 +90,8 @@ def classifier(source: str, num_classes: int) -> PairClassifier:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    for local in (True, False):
-        try:
-            hf = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=num_classes, local_files_only=local)
-            return PairClassifier(hf)
-        except OSError as err:
-            if not local:
-                raise DataError(_fetch_hint(source)) from err
-    raise AssertionError
+    return PairClassifier(_pretrained(AutoModelForSequenceClassification, source,
+                                      num_labels=num_classes))
 
 
 # --- GLUE MRPC ---------------------------------------------------------------

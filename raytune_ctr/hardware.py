@@ -8,6 +8,7 @@ through NVML (`nvidia-ml-py`) while an epoch runs; on a CPU it is absent, not 0.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import torch
@@ -16,25 +17,41 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-# Dense peak TFLOP/s from NVIDIA's data sheets (SXM parts where there are two).
-# fp32 is the non-tensor-core rate; bf16 the dense tensor-core rate (T4: fp16).
+# Dense (not sparse) peak TFLOP/s from NVIDIA's data sheets. fp32 is the CUDA-core
+# rate; tf32 and bf16 the tensor-core rates (T4 has no TF32; its bf16 column is fp16).
+# A name matches the longest key found in it as a whole word: "L40S" is not an "L4".
 PEAK_TFLOPS = {
-    "H200": {"fp32": 67.0, "bf16": 989.5},
-    "H100": {"fp32": 67.0, "bf16": 989.5},
-    "A100": {"fp32": 19.5, "bf16": 312.0},
-    "L4": {"fp32": 30.3, "bf16": 121.0},
-    "T4": {"fp32": 8.1, "bf16": 65.0},
+    "H200": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.5},
+    "H100": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.5},  # SXM
+    "H100 PCIE": {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0},
+    "H100 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0},
+    "L40S": {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0},
+    "L40": {"fp32": 90.5, "tf32": 90.5, "bf16": 181.0},
+    "L4": {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0},
+    "T4": {"fp32": 8.1, "tf32": 8.1, "bf16": 65.0},
 }
 
 
 def peak_tflops(gpu_name: str, precision: str = "fp32", override: float | None = None) -> float | None:
-    """The device's peak for this precision: the override, else the table, else None."""
+    """The device's peak for this precision (fp32, tf32 or bf16): the override, else
+    the table, else None."""
     if override:
         return override
-    for key, peaks in PEAK_TFLOPS.items():
-        if key in gpu_name.upper():
-            return peaks.get(precision)
+    name = gpu_name.upper()
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if re.search(rf"(?<![A-Z0-9]){re.escape(key)}(?![A-Z0-9])", name):
+            return PEAK_TFLOPS[key].get(precision)
     return None
+
+
+def math_precision(precision: str, conv: bool) -> str:
+    """The peak an fp32 run is held to: TF32 where PyTorch lets the tensor cores take
+    the model's main op (cuDNN convolutions by default, matmuls when enabled)."""
+    if precision != "fp32":
+        return precision
+    tf32 = torch.backends.cudnn.allow_tf32 if conv else torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if tf32 else "fp32"
 
 
 def flops_per_sample(model: nn.Module, shape: tuple[int, ...], num_classes: int,

@@ -21,10 +21,28 @@ def test_mlp_training_flops_are_counted_exactly():
     ("NVIDIA H100 80GB HBM3", "fp32", 67.0), ("NVIDIA H200", "bf16", 989.5),
     ("NVIDIA A100-SXM4-40GB", "bf16", 312.0), ("Tesla T4", "fp32", 8.1),
     ("NVIDIA L4", "bf16", 121.0), ("none", "fp32", None), ("AMD EPYC", "bf16", None),
+    # Whole words, longest first: an L40S is not an L4, a PCIe H100 not an SXM one.
+    ("NVIDIA L40S", "bf16", 362.0), ("NVIDIA L40", "fp32", 90.5),
+    ("NVIDIA H100 PCIe", "bf16", 756.0), ("NVIDIA H100 80GB HBM3", "tf32", 494.7),
 ])
 def test_peak_table(name, precision, want):
     assert hardware.peak_tflops(name, precision) == want
     assert hardware.peak_tflops(name, precision, override=5.0) == 5.0
+
+
+def test_fp32_conv_nets_are_held_to_the_tf32_peak():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        # PyTorch's defaults: cuDNN convolutions may use TF32, matmuls may not.
+        cudnn.allow_tf32, matmul.allow_tf32 = True, False
+        assert hardware.math_precision("fp32", conv=True) == "tf32"
+        assert hardware.math_precision("fp32", conv=False) == "fp32"
+        assert hardware.math_precision("bf16", conv=True) == "bf16"
+        cudnn.allow_tf32 = False
+        assert hardware.math_precision("fp32", conv=True) == "fp32"
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def test_gpu_utilization_is_absent_on_cpu():

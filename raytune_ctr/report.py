@@ -92,12 +92,12 @@ def time_table(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, str]:
     # Memory next to accuracy and time (S4): the device's peak, CUDA on a GPU.
     mem = "peak_memory_mb" if "peak_memory_mb" in ok and ok["peak_memory_mb"].notna().any() \
         else "peak_rss_mb"
-    per["peak memory MB"] = ok.groupby("config", sort=False)[mem].max()
+    per["peak memory MiB"] = ok.groupby("config", sort=False)[mem].max()
     if "cost_usd" in last and last["cost_usd"].notna().any():
         per["cost USD"] = last.groupby("config", sort=False)["cost_usd"].mean()
     return per.round({"s/epoch": 2, "total train s": 1, "samples/s": 0, "final test acc %": 2,
                       "final test F1 %": 2, "speedup": 2, "Δ acc (points)": 2,
-                      "peak memory MB": 0, "cost USD": 5}), base
+                      "peak memory MiB": 0, "cost USD": 5}), base
 
 
 def baseline_config(df: pd.DataFrame, spec: Spec) -> str:
@@ -158,7 +158,7 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[df["epoch"].notna()]
     if rows.empty:
         return pd.DataFrame()
-    for col in ("flops_per_sample", "tflops", "mfu", "gpu_util", "peak_cuda_mb"):
+    for col in ("flops_per_sample", "tflops", "mfu", "gpu_util", "peak_cuda_mb", "wall_time_s"):
         if col not in rows:  # results written before these figures existed
             rows = rows.assign(**{col: float("nan")})
     g = rows.groupby("trial_index", sort=True)
@@ -170,8 +170,9 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
         "samples/s": g["samples_per_s"].mean().round(0),
         "data wait %": (100 * g["data_time_s"].sum() / g["epoch_time_s"].sum()).round(1),
         "setup s": g["setup_time_s"].first().round(2),
-        "peak RSS MB": g["peak_rss_mb"].max().round(0),
-        "peak CUDA MB": g["peak_cuda_mb"].max().round(0),
+        "wall s": g["wall_time_s"].max().round(1),
+        "peak RSS MiB": g["peak_rss_mb"].max().round(0),
+        "peak CUDA MiB": g["peak_cuda_mb"].max().round(0),
         "GFLOP/sample": (g["flops_per_sample"].first() / 1e9).round(4),
         "TFLOP/s": g["tflops"].mean().round(3),
         "MFU %": (100 * g["mfu"].mean()).round(1),

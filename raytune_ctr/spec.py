@@ -33,6 +33,7 @@ from pydantic.dataclasses import dataclass
 _STRICT = ConfigDict(extra="forbid")
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
+NonNegativeFloat = Annotated[StrictFloat, Field(ge=0)]
 
 DEFAULT_DATA_DIR = os.environ.get("RAYTUNE_CTR_DATA", "~/.cache/raytune_ctr/data")
 
@@ -105,20 +106,31 @@ class ResourceSpec:
     threads_per_worker: PositiveInt | None = None
     # Peak TFLOP/s of one worker's device, for MFU; default: the known-GPU table.
     peak_tflops: PositiveFloat | None = None
-    # Prices for cost_usd: a node's hourly price divided by its vCPUs or GPUs
-    # (e.g. GCP n1-standard-2 on demand $0.095/h -> 0.0475 per vCPU-hour; use the
-    # spot/preemptible price for Spot nodes). 0 leaves cost_usd out.
     # Host memory per Train worker: Ray reserves it when scheduling, and a worker whose
     # peak RSS goes over it fails the trial with "out of memory". None: no limit.
     max_memory_gb: PositiveFloat | None = None
-    cpu_hour_usd: Annotated[StrictFloat, Field(ge=0)] = 0.0
-    gpu_hour_usd: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    # cost_usd: a node's price per hour, {cpu: …, gpu: …}, on demand and on the
+    # spot/preemptible market, and the size those prices buy. A trial pays its share
+    # of a node (GPU trials: GPUs / node_gpus, whose price covers the node's CPUs;
+    # CPU trials: CPUs / node_cpus) for the time it holds it. No price: no cost_usd.
+    node_hour_usd: dict[Literal["cpu", "gpu"], NonNegativeFloat] = dataclasses.field(
+        default_factory=dict)
+    spot_node_hour_usd: dict[Literal["cpu", "gpu"], NonNegativeFloat] = dataclasses.field(
+        default_factory=dict)
+    market: Literal["on_demand", "spot"] = "on_demand"
+    node_cpus: PositiveFloat | None = None
+    node_gpus: PositiveFloat | None = None
 
     @property
-    def hour_usd(self) -> float:
-        """What one hour of this trial's reservation costs."""
-        gpu = self.gpus_per_worker * self.gpu_hour_usd if self.use_gpu else 0.0
-        return self.num_workers * (self.cpus_per_worker * self.cpu_hour_usd + gpu)
+    def hour_usd(self) -> float | None:
+        """What an hour of this trial's share of a node costs; None without a price."""
+        prices = self.spot_node_hour_usd if self.market == "spot" else self.node_hour_usd
+        kind = "gpu" if self.use_gpu else "cpu"
+        if kind not in prices:
+            return None
+        size = self.node_gpus if self.use_gpu else self.node_cpus
+        held = self.num_workers * (self.gpus_per_worker if self.use_gpu else self.cpus_per_worker)
+        return prices[kind] * held / size
 
     @property
     def threads(self) -> int:
@@ -223,8 +235,10 @@ class Spec:
         return dataclasses.replace(self.train, **t), dataclasses.replace(self.resources, **r)
 
 
+# Prices describe the cluster, not the trial: fixed for a sweep.
+_PRICES = {"node_hour_usd", "spot_node_hour_usd", "market", "node_cpus", "node_gpus"}
 SEARCHABLE = {f.name: TrainSpec for f in dataclasses.fields(TrainSpec)} | {
-    f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec)
+    f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec) if f.name not in _PRICES
 }
 
 
@@ -246,7 +260,7 @@ def _format_loc(loc: tuple) -> str:
 
 def _from_pydantic(err: _PydanticError, data: dict) -> SpecError:
     e = err.errors()[0]
-    loc = tuple(p for p in e["loc"] if p not in ("function-after", "tuple[...]"))
+    loc = tuple(p for p in e["loc"] if p not in ("function-after", "tuple[...]", "[key]"))
     key = _format_loc(loc)
     if e["type"] == "unexpected_keyword_argument":
         parent = _lookup_class(loc[:-1])
@@ -366,6 +380,12 @@ def _check(spec: Spec) -> None:
     for metric in s.objectives:
         if metric not in METRICS:
             raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
+    _check_prices(spec.resources)
+    trials = all_trials(spec)
+    for metric in s.objectives:
+        why = unmeasured(metric, trials)
+        if why:
+            raise SpecError(f"search.objectives.{metric}", why)
     if s.scheduler == "asha" and s.asha.time_attr == "train_time_s" and s.asha.max_t is None:
         raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
     from raytune_ctr import data, models  # late: both import torch
@@ -385,10 +405,37 @@ def _check(spec: Spec) -> None:
     if spec.data.data_on_device is True and spec.data.dataset not in data.IN_MEMORY:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)
-    for train, res in all_trials(spec):
+    for train, res in trials:
         if train.batch_size < res.num_workers:
             raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "
                             "because it is split across workers", train.batch_size)
+
+
+def _check_prices(r: ResourceSpec) -> None:
+    for kind, size in (("cpu", "node_cpus"), ("gpu", "node_gpus")):
+        priced = kind in r.node_hour_usd or kind in r.spot_node_hour_usd
+        if priced and getattr(r, size) is None:
+            raise SpecError(f"resources.{size}", f"is needed with a {kind.upper()} node price: "
+                            f"the {kind.upper()}s one node-hour buys")
+    if r.market == "spot" and not r.spot_node_hour_usd:
+        raise SpecError("resources.market", "spot needs resources.spot_node_hour_usd", "spot")
+
+
+# Metrics some trials cannot report: an objective must be one every trial reports,
+# or Tune stops the sweep at the first result without it.
+GPU_ONLY = {"gpu_util", "peak_cuda_mb"}
+
+
+def unmeasured(metric: str, trials: list[tuple[TrainSpec, ResourceSpec]]) -> str | None:
+    """Why some of these trials would not report `metric`, or None."""
+    for _, r in trials:
+        if metric == "cost_usd" and r.hour_usd is None:
+            kind = "GPU" if r.use_gpu else "CPU"
+            return (f"needs a {kind} node price for every trial: set resources."
+                    f"{'spot_' if r.market == 'spot' else ''}node_hour_usd.{kind.lower()}")
+        if (metric in GPU_ONLY or metric == "mfu" and r.peak_tflops is None) and not r.use_gpu:
+            return "is measured on a GPU only, and a trial has use_gpu: false"
+    return None
 
 
 def candidates(spec: Spec) -> dict[str, list]:

@@ -8,11 +8,14 @@ Each epoch reports (global over all workers):
     train_time_s   sum of epoch_time_s so far: the clock objectives and ASHA use
     data_time_s    part of epoch_time_s spent waiting for batches
     eval_time_s, setup_time_s (data + model build, once), samples_per_s,
+    wall_time_s    set-up plus every epoch's training and evaluation so far: the
+                   time the trial held its workers, less Ray's start-up
     peak_rss_mb (largest worker), peak_cuda_mb (GPU only), peak_memory_mb (the
-    device's: CUDA on a GPU, else host RSS; the memory objective),
+    device's: CUDA on a GPU, else host RSS; the memory objective), all in MiB,
     flops_per_sample (training, counted once), tflops (achieved), mfu (against the
-    device's peak; absent when unknown), gpu_util (NVML %, GPU only),
-    cost_usd (train time x the reservation's hourly price, when prices are set),
+    device's peak: TF32's for fp32 conv nets; absent when unknown), gpu_util (NVML
+    %, GPU only), cost_usd (wall_time_s x the trial's share of a node's hourly
+    price, when a price is set),
 plus the worker's environment fingerprint as env_* strings, and
     resumed_from_epoch (0 unless this run continued from a checkpoint).
 
@@ -42,7 +45,7 @@ from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec
 
 METRICS = {
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_f1", "epoch_time_s",
-    "train_time_s", "data_time_s", "eval_time_s", "setup_time_s", "samples_per_s",
+    "train_time_s", "data_time_s", "eval_time_s", "setup_time_s", "wall_time_s", "samples_per_s",
     "peak_rss_mb", "peak_cuda_mb", "peak_memory_mb", "flops_per_sample", "tflops", "mfu", "gpu_util",
     "cost_usd",
 }
@@ -215,6 +218,17 @@ def _warm_up(model: nn.Module, ds, batch_size: int, device: torch.device, fast: 
     _sync(device)
 
 
+def _check_measurable(require, *, peak, hour_usd, device, two_class, gpu) -> None:
+    why = {"mfu": None if peak else f"no known peak TFLOP/s for {gpu!r}; set resources.peak_tflops",
+           "cost_usd": None if hour_usd is not None else "no node price for this trial",
+           "gpu_util": None if device.type == "cuda" else "GPU only",
+           "peak_cuda_mb": None if device.type == "cuda" else "GPU only",
+           "test_f1": None if two_class else "two-class datasets only"}
+    for metric in require:
+        if why.get(metric):
+            raise ValueError(f"objective {metric} cannot be measured here: {why[metric]}")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -222,12 +236,14 @@ def peak_rss_mb() -> float:
 def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = None,
         rank: int = 0, world: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
         report: Callable[[dict, dict], None] | None = None, loader_workers: int | None = None,
-        peak_tflops: float | None = None, hour_usd: float = 0.0,
-        state: dict | None = None, memory_limit_mb: float | None = None) -> list[dict]:
+        peak_tflops: float | None = None, hour_usd: float | None = None,
+        state: dict | None = None, memory_limit_mb: float | None = None,
+        require: tuple[str, ...] = ()) -> list[dict]:
     """Train `spec.epochs` epochs, calling `report(metrics, state)` after each; return the
     epochs' metrics. `state`, one that `report` was given, continues that run after
     its epoch as if it had never stopped (when it was the last epoch, `report` gets
-    the final metrics once more, with state None)."""
+    the final metrics once more, with state None). A metric in `require` (the
+    sweep's objectives) that this run cannot measure fails it before training."""
     device = device or torch.device("cpu")
     per_rank = max(1, spec.batch_size // world)
     t0 = time.perf_counter()
@@ -255,7 +271,10 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
     env = {f"env_{k}": v for k, v in fingerprint(device).items()}
-    peak = hardware.peak_tflops(env["env_gpu_name"], spec.precision, peak_tflops)
+    peak = hardware.peak_tflops(env["env_gpu_name"], hardware.math_precision(spec.precision, conv),
+                                peak_tflops)
+    _check_measurable(require, peak=peak, hour_usd=hour_usd, device=device,
+                      two_class=ds.num_classes == 2, gpu=env["env_gpu_name"])
     lw = data_spec.loader_workers if loader_workers is None else loader_workers
     fast = {"precision": spec.precision, "memory_format": fmt}
     if spec.compile:
@@ -264,13 +283,14 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         torch.cuda.reset_peak_memory_stats(device)
     setup_time = time.perf_counter() - t0
 
-    history, train_time, start, before = [], 0.0, 0, []
+    history, train_time, wall_time, start, before = [], 0.0, setup_time, 0, []
     if state is not None:
         # Last, on every rank: the compile warm-up moves BatchNorm's running stats, and
         # set-up (FLOP counting, warm-up) draws random numbers.
         _bare(model).load_state_dict(state["model"])
         set_rng_state(state["rng"], device)
         start, train_time = state["epoch"], state["metrics"]["train_time_s"]
+        wall_time += state["metrics"]["wall_time_s"]  # a restart's set-up is paid too
         before = state["history"]
         if start >= spec.epochs and report is not None:
             # Stopped after its last checkpoint: say the final result once more.
@@ -295,19 +315,21 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         elapsed, data_time, eval_time, rss = _reduce(
             [elapsed, data_time, eval_time, peak_rss_mb()], dist.ReduceOp.MAX if world > 1 else None)
         train_time += elapsed
+        wall_time += elapsed + eval_time
         metrics = {
             "epoch": epoch,
             "train_loss": loss / n, "train_acc": 100.0 * correct / n,
             "test_loss": tloss / tn, "test_acc": 100.0 * tcorrect / tn,
             "epoch_time_s": elapsed, "train_time_s": train_time,
             "data_time_s": data_time, "eval_time_s": eval_time, "setup_time_s": setup_time,
+            "wall_time_s": wall_time,
             "samples_per_s": n / elapsed, "peak_rss_mb": rss,
             "flops_per_sample": flops, "tflops": flops * n / elapsed / 1e12,
         }
         if ds.num_classes == 2:
             metrics["test_f1"] = 100.0 * 2 * tp / (ppos + apos) if ppos + apos else 0.0
-        if hour_usd:
-            metrics["cost_usd"] = train_time / 3600 * hour_usd
+        if hour_usd is not None:
+            metrics["cost_usd"] = wall_time / 3600 * hour_usd
         if peak:
             metrics["mfu"] = metrics["tflops"] / (peak * world)
         # Every rank joins the reduction (NaN where NVML gave nothing): a collective
@@ -384,4 +406,5 @@ def train_func(config: dict) -> None:
     fit(data_spec, spec, device=ray.train.torch.get_device(), rank=rank,
         world=ctx.get_world_size(), wrap=ray.train.torch.prepare_model, report=report,
         peak_tflops=res.peak_tflops, hour_usd=res.hour_usd, state=state,
-        memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None)
+        memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
+        require=tuple(config.get("objectives", ())))

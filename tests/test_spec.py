@@ -76,6 +76,18 @@ BAD = [
     ({"search": {"method": "random"}}, "search.space", "at least one dimension"),
     ({"train": {"batch_size": 2}, "resources": {"num_workers": 4}}, "train.batch_size", "2"),
     ({"train": "fast"}, "train", "'fast'"),
+    # An objective every trial must report, or Tune stops the sweep at the first result.
+    ({"search": {"objectives": {"cost_usd": "min"}}}, "search.objectives.cost_usd",
+     "needs a CPU node price for every trial"),
+    ({"search": {"objectives": {"mfu": "max"}}}, "search.objectives.mfu", "GPU only"),
+    ({"search": {"objectives": {"gpu_util": "max"}, "grid": {"use_gpu": [True, False]}}},
+     "search.objectives.gpu_util", "GPU only"),
+    ({"resources": {"node_hour_usd": {"cpu": 0.4}}}, "resources.node_cpus",
+     "is needed with a CPU node price"),
+    ({"resources": {"node_hour_usd": {"tpu": 4.0}}}, "resources.node_hour_usd.tpu", "tpu"),
+    ({"resources": {"market": "spot", "node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}},
+     "resources.market", "'spot'"),
+    ({"search": {"grid": {"market": ["spot"]}}}, "search.grid.market", "not a train or resources"),
 ]
 
 

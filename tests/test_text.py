@@ -168,4 +168,4 @@ def test_tiny_s4_sweep_reports_peak_memory_and_fails_the_over_limit_trial(write_
     ok = df[df["status"] == "COMPLETED"]
     assert (ok["peak_memory_mb"] > 100).all() and ok["test_f1"].notna().all()
     text_md = (run / "report.md").read_text()
-    assert "peak memory MB" in text_md and "out of memory" in text_md
+    assert "peak memory MiB" in text_md and "out of memory" in text_md

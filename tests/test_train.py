@@ -117,18 +117,45 @@ def test_compile_warms_up_outside_train_time(digits_dir):
     assert m["test_acc"] > 80.0
 
 
-def test_cost_follows_train_time_and_price(digits_dir):
-    m = fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), hour_usd=3.6)[0]
-    assert m["cost_usd"] == pytest.approx(m["train_time_s"] / 1000)
+def test_cost_bills_the_time_the_workers_were_held(digits_dir):
+    hist = fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=2), hour_usd=3.6)
+    for m in hist:
+        assert m["wall_time_s"] > m["train_time_s"] + m["setup_time_s"]  # evaluation counts
+        assert m["cost_usd"] == pytest.approx(m["wall_time_s"] / 1000)
+    assert hist[1]["wall_time_s"] > hist[0]["wall_time_s"]
     assert "cost_usd" not in fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1))[0]
+    # A price of 0 is a price: the metric is there, so it can be an objective.
+    assert fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1),
+               hour_usd=0.0)[0]["cost_usd"] == 0.0
 
 
-def test_hour_price_of_a_reservation():
+@pytest.mark.parametrize("kw,share", [
+    # GPU trials pay their GPUs' share of a GPU node, whose price covers its CPUs.
+    ({"use_gpu": True, "num_workers": 2, "gpus_per_worker": 0.5, "cpus_per_worker": 4.0}, 1 / 8),
+    ({"num_workers": 2, "cpus_per_worker": 4.0}, 8 / 16),
+    ({"num_workers": 4, "cpus_per_worker": 8.0}, 2.0),  # more than one node
+])
+def test_a_trial_pays_its_share_of_a_node(kw, share):
     from raytune_ctr.spec import ResourceSpec
 
-    r = ResourceSpec(num_workers=2, cpus_per_worker=4.0, use_gpu=True, gpus_per_worker=0.5,
-                     cpu_hour_usd=0.05, gpu_hour_usd=2.0)
-    assert r.hour_usd == pytest.approx(2 * (4 * 0.05 + 0.5 * 2.0))
+    prices = {"node_hour_usd": {"cpu": 0.8, "gpu": 24.0},
+              "spot_node_hour_usd": {"cpu": 0.2, "gpu": 8.0}, "node_cpus": 16.0, "node_gpus": 8.0}
+    r = ResourceSpec(**kw, **prices)
+    price = 24.0 if r.use_gpu else 0.8
+    assert r.hour_usd == pytest.approx(price * share)
+    spot = dataclasses.replace(r, market="spot")
+    assert spot.hour_usd == pytest.approx((8.0 if r.use_gpu else 0.2) * share)
+    assert ResourceSpec(**kw).hour_usd is None
+
+
+def test_an_objective_this_run_cannot_measure_fails_before_training(digits_dir):
+    with pytest.raises(ValueError, match="objective mfu cannot be measured here: no known peak"):
+        fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), require=("mfu",))
+    with pytest.raises(ValueError, match="objective test_f1 cannot be measured here: two-class"):
+        fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), require=("test_f1",))
+    m = fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), peak_tflops=1.0,
+            require=("mfu", "test_acc"))[0]
+    assert m["mfu"] > 0
 
 
 def test_deterministic_switches_torch_to_deterministic_kernels_and_back(digits_dir):

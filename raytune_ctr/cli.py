@@ -44,6 +44,9 @@ def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "last epoch")
     p.add_argument("--target-acc", type=float, default=None,
                    help="accuracy (%%) the report's answer asks for; overrides report.target_acc")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak TFLOP/s of one worker's device, for MFU; overrides "
+                   "resources.peak_tflops and the known-GPU table")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray worker logs")
     return p
 
@@ -102,9 +105,13 @@ def sweep(args: argparse.Namespace) -> int:
         return resume(args)
     try:
         spec = spec_lib.load(args.config or DEFAULT_CONFIG)
-        if args.target_acc is not None:
-            spec = spec_lib.from_dict(spec.to_dict() | {
-                "report": spec.to_dict()["report"] | {"target_acc": args.target_acc}})
+        overrides = {"report": {"target_acc": args.target_acc},
+                     "resources": {"peak_tflops": args.peak_tflops}}
+        for section, values in overrides.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if values:
+                m = spec.to_dict()
+                spec = spec_lib.from_dict(m | {section: m[section] | values})
         if args.smoke:
             spec = tuner.smoke(spec)
         name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -127,7 +134,7 @@ def resume(args: argparse.Namespace) -> int:
     from raytune_ctr import tuner
 
     try:
-        for flag in ("config", "name", "smoke", "target_acc"):
+        for flag in ("config", "name", "smoke", "target_acc", "peak_tflops"):
             if getattr(args, flag) not in (None, False):
                 raise SpecError(f"--{flag.replace('_', '-')}", "--resume goes on with the "
                                 "sweep's saved spec.yaml and name; leave it out",

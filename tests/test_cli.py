@@ -39,6 +39,14 @@ def test_bad_spec_exits_2_before_anything(write_spec, tmp_path, yaml_text, fragm
     assert not out.exists()
 
 
+def test_bad_command_line_override_exits_2_naming_the_spec_key(write_spec, tmp_path):
+    out = tmp_path / "results"
+    proc = sweep("--config", write_spec("name: s\n"), "--peak-tflops", "-1",
+                 "--storage-path", out)
+    assert_one_line_error(proc, "resources.peak_tflops", "greater than 0", "got -1.0")
+    assert not out.exists()
+
+
 CPUS = os.cpu_count()
 
 

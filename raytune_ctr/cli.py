@@ -104,14 +104,11 @@ def sweep(args: argparse.Namespace) -> int:
     if args.resume:
         return resume(args)
     try:
-        spec = spec_lib.load(args.config or DEFAULT_CONFIG)
-        overrides = {"report": {"target_acc": args.target_acc},
-                     "resources": {"peak_tflops": args.peak_tflops}}
-        for section, values in overrides.items():
-            values = {k: v for k, v in values.items() if v is not None}
-            if values:
-                m = spec.to_dict()
-                spec = spec_lib.from_dict(m | {section: m[section] | values})
+        flags = {"report": {"target_acc": args.target_acc},
+                 "resources": {"peak_tflops": args.peak_tflops}}
+        spec = spec_lib.load(args.config or DEFAULT_CONFIG, overrides={
+            section: {k: v for k, v in values.items() if v is not None}
+            for section, values in flags.items()})
         if args.smoke:
             spec = tuner.smoke(spec)
         name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -236,9 +236,9 @@ class Spec:
 
 
 # Prices describe the cluster, not the trial: fixed for a sweep.
-_PRICES = {"node_hour_usd", "spot_node_hour_usd", "market", "node_cpus", "node_gpus"}
+PRICE_FIELDS = {"node_hour_usd", "spot_node_hour_usd", "market", "node_cpus", "node_gpus"}
 SEARCHABLE = {f.name: TrainSpec for f in dataclasses.fields(TrainSpec)} | {
-    f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec) if f.name not in _PRICES
+    f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec) if f.name not in PRICE_FIELDS
 }
 
 
@@ -285,6 +285,12 @@ def _lookup_class(loc: tuple):
     return cls
 
 
+# Keys earlier versions wrote (with their defaults) into every saved spec.yaml, and
+# what replaced them: a results folder from before still loads.
+RETIRED = {("resources", "cpu_hour_usd"): "resources.node_hour_usd.cpu with node_cpus",
+           ("resources", "gpu_hour_usd"): "resources.node_hour_usd.gpu with node_gpus"}
+
+
 def from_dict(data: Any) -> Spec:
     """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem."""
     if not isinstance(data, dict):
@@ -292,6 +298,12 @@ def from_dict(data: Any) -> Spec:
     for section in ("data", "train", "resources", "search", "report"):
         if section in data and not isinstance(data[section], dict):
             raise SpecError(section, "must be a mapping", data[section])
+    for (section, key), now in RETIRED.items():
+        if key in data.get(section, {}):
+            if data[section][key] not in (0, 0.0):
+                raise SpecError(f"{section}.{key}", f"was replaced by {now} (per node-hour)",
+                                data[section][key])
+            data = data | {section: {k: v for k, v in data[section].items() if k != key}}
     try:
         spec = Spec(**data)
     except _PydanticError as err:
@@ -302,7 +314,9 @@ def from_dict(data: Any) -> Spec:
     return spec
 
 
-def load(path: str | Path) -> Spec:
+def load(path: str | Path, overrides: dict[str, dict] | None = None) -> Spec:
+    """Load a spec file; `overrides` ({section: {key: value}}, from the command line)
+    replace its values before validation, so they are checked as part of it."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("--config", "no such file", str(path))
@@ -312,6 +326,9 @@ def load(path: str | Path) -> Spec:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SpecError(str(path), f"is not valid YAML{where}") from None
+    for section, values in (overrides or {}).items():
+        if isinstance(data, dict) and isinstance(data.get(section, {}), dict):
+            data = data | {section: data.get(section, {}) | values}
     return from_dict(data)
 
 

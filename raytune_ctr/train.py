@@ -8,8 +8,8 @@ Each epoch reports (global over all workers):
     train_time_s   sum of epoch_time_s so far: the clock objectives and ASHA use
     data_time_s    part of epoch_time_s spent waiting for batches
     eval_time_s, setup_time_s (data + model build, once), samples_per_s,
-    wall_time_s    set-up plus every epoch's training and evaluation so far: the
-                   time the trial held its workers, less Ray's start-up
+    wall_time_s    set-up plus every epoch's training and evaluation so far, over
+                   restarts (not counted: Ray's start-up, checkpoint writes)
     peak_rss_mb (largest worker), peak_cuda_mb (GPU only), peak_memory_mb (the
     device's: CUDA on a GPU, else host RSS; the memory objective), all in MiB,
     flops_per_sample (training, counted once), tflops (achieved), mfu (against the
@@ -290,7 +290,8 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         _bare(model).load_state_dict(state["model"])
         set_rng_state(state["rng"], device)
         start, train_time = state["epoch"], state["metrics"]["train_time_s"]
-        wall_time += state["metrics"]["wall_time_s"]  # a restart's set-up is paid too
+        # A restart's set-up is paid too (checkpoints before wall_time_s: train time).
+        wall_time += state["metrics"].get("wall_time_s", train_time)
         before = state["history"]
         if start >= spec.epochs and report is not None:
             # Stopped after its last checkpoint: say the final result once more.

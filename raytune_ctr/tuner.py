@@ -366,7 +366,8 @@ def collect(grid, spec: Spec, storage: str | None = None) -> pd.DataFrame:
         tid = (r.metrics or {}).get("trial_id") or next(
             (t for t in runs if f"_{t}_" in trial_dir), Path(r.path).name)
         base = {"trial_id": tid, "trial_index": i}
-        base |= dataclasses.asdict(train) | dataclasses.asdict(res)
+        base |= dataclasses.asdict(train) | {k: v for k, v in dataclasses.asdict(res).items()
+                                             if k not in spec_lib.PRICE_FIELDS}  # in spec.yaml
         base["hidden"] = "-".join(map(str, train.hidden))
         base["threads_per_worker"] = res.threads
         mdf = r.metrics_dataframe

@@ -88,6 +88,7 @@ BAD = [
     ({"resources": {"market": "spot", "node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}},
      "resources.market", "'spot'"),
     ({"search": {"grid": {"market": ["spot"]}}}, "search.grid.market", "not a train or resources"),
+    ({"resources": {"cpu_hour_usd": 0.05}}, "resources.cpu_hour_usd", "replaced by"),
 ]
 
 
@@ -99,6 +100,21 @@ def test_bad_spec_names_key_and_value_on_one_line(mapping, key, fragment):
     assert msg.startswith(key + ":"), msg
     assert fragment in msg, msg
     assert "\n" not in msg
+
+
+def test_a_spec_saved_before_node_prices_still_loads():
+    # Earlier versions wrote these defaults into every results folder's spec.yaml.
+    s = spec_lib.from_dict({"resources": {"cpu_hour_usd": 0.0, "gpu_hour_usd": 0.0}})
+    assert s.resources.hour_usd is None
+
+
+def test_command_line_overrides_are_validated_with_the_file(write_spec):
+    path = write_spec("search: {objectives: {mfu: max}}\n")
+    with pytest.raises(SpecError, match="search.objectives.mfu: is measured on a GPU only"):
+        spec_lib.load(path)
+    # A peak given on the command line makes MFU measurable on the CPU.
+    s = spec_lib.load(path, overrides={"resources": {"peak_tflops": 1.5}, "report": {}})
+    assert s.resources.peak_tflops == 1.5
 
 
 def test_bad_yaml_and_missing_file(write_spec, tmp_path):

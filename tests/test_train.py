@@ -65,6 +65,9 @@ def test_resumed_run_continues_bit_for_bit(digits_dir, sched):
     assert [[m[k] for k in keys] for m in rest] == [[m[k] for k in keys] for m in whole[2:]]
     assert [m["resumed_from_epoch"] for m in rest] == [2, 2]
     assert rest[0]["train_time_s"] > state["metrics"]["train_time_s"]  # the clock goes on
+    # and the bill: the saved time, the restart's set-up, then the epoch
+    assert rest[0]["wall_time_s"] > (state["metrics"]["wall_time_s"] + rest[0]["setup_time_s"]
+                                     + rest[0]["epoch_time_s"])
 
 
 def test_a_state_after_the_last_epoch_reports_the_result_again(digits_dir):

@@ -15,6 +15,20 @@ def test_mixed_type_columns_become_text_for_parquet(tmp_path):
     out.to_parquet(tmp_path / "t.parquet")
 
 
+def test_collected_rows_write_to_parquet_with_or_without_prices(tmp_path):
+    from types import SimpleNamespace
+
+    epoch = {"epoch": 1, "test_acc": 90.0, "train_time_s": 1.0, "env_host": "h"}
+    result = SimpleNamespace(config={"lr": 0.5}, path=str(tmp_path / "run_t1_00000"),
+                             metrics={"trial_id": "t1"}, error=None,
+                             metrics_dataframe=pd.DataFrame([epoch]))
+    for resources in ({}, {"node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}):
+        spec = spec_lib.from_dict({"resources": resources, "search": {"grid": {"lr": [0.5]}}})
+        df = tuner.collect([result], spec)
+        assert df["lr"].tolist() == [0.5] and "node_hour_usd" not in df  # prices: spec.yaml
+        df.to_parquet(tmp_path / "trials.parquet")
+
+
 def test_smoke_keeps_two_configs_one_epoch_small_data():
     s = spec_lib.load("experiments/configs/s2_epochs_lr_batch.yaml")
     small = tuner.smoke(s)

@@ -25,7 +25,8 @@ def load_results(run_dir: Path) -> tuple[Spec, pd.DataFrame]:
     for f in ("spec.yaml", "trials.parquet"):
         if not (run_dir / f).is_file():
             raise FileNotFoundError(f"{run_dir}: no {f}; is this a raytune_ctr results folder?")
-    return spec_lib.load(run_dir / "spec.yaml"), pd.read_parquet(run_dir / "trials.parquet")
+    return (spec_lib.load(run_dir / "spec.yaml", saved=True),
+            pd.read_parquet(run_dir / "trials.parquet"))
 
 
 def label_trials(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
@@ -322,7 +323,7 @@ def _keyed(run_dir: Path) -> pd.DataFrame:
     spec, df = load_results(run_dir)
     df = label_trials(df, spec)
     cfg = [f.name for cls in (TrainSpec, ResourceSpec) for f in dataclasses.fields(cls)
-           if f.name in df]
+           if f.name in df and f.name not in spec_lib.PRICE_FIELDS]
     df["full_config"] = [" ".join(map(str, r)) for r in df[cfg].itertuples(index=False)]
     first = df.groupby("trial_index", sort=True)["config"].first()
     df["repeat"] = df["trial_index"].map(first.groupby(first).cumcount())

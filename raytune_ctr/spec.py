@@ -291,8 +291,12 @@ RETIRED = {("resources", "cpu_hour_usd"): "resources.node_hour_usd.cpu with node
            ("resources", "gpu_hour_usd"): "resources.node_hour_usd.gpu with node_gpus"}
 
 
-def from_dict(data: Any) -> Spec:
-    """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem."""
+def from_dict(data: Any, saved: bool = False) -> Spec:
+    """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem.
+
+    `saved`: the spec.yaml of a finished results folder, read for its report: retired
+    keys are dropped whatever their value, and objectives are not checked for being
+    measurable (what was measured is in its table)."""
     if not isinstance(data, dict):
         raise SpecError("spec", "must be a mapping of sections", data)
     for section in ("data", "train", "resources", "search", "report"):
@@ -300,9 +304,9 @@ def from_dict(data: Any) -> Spec:
             raise SpecError(section, "must be a mapping", data[section])
     for (section, key), now in RETIRED.items():
         if key in data.get(section, {}):
-            if data[section][key] not in (0, 0.0):
-                raise SpecError(f"{section}.{key}", f"was replaced by {now} (per node-hour)",
-                                data[section][key])
+            value = data[section][key]
+            if not saved and not (type(value) in (int, float) and value == 0):
+                raise SpecError(f"{section}.{key}", f"was replaced by {now} (per node-hour)", value)
             data = data | {section: {k: v for k, v in data[section].items() if k != key}}
     try:
         spec = Spec(**data)
@@ -310,13 +314,14 @@ def from_dict(data: Any) -> Spec:
         raise _from_pydantic(err, data) from None
     except TypeError as err:  # a non-string key, for example
         raise SpecError("spec", str(err)) from None
-    _check(spec)
+    _check(spec, saved)
     return spec
 
 
-def load(path: str | Path, overrides: dict[str, dict] | None = None) -> Spec:
+def load(path: str | Path, overrides: dict[str, dict] | None = None, saved: bool = False) -> Spec:
     """Load a spec file; `overrides` ({section: {key: value}}, from the command line)
-    replace its values before validation, so they are checked as part of it."""
+    replace its values before validation, so they are checked as part of it. `saved`:
+    see `from_dict`."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("--config", "no such file", str(path))
@@ -329,7 +334,7 @@ def load(path: str | Path, overrides: dict[str, dict] | None = None) -> Spec:
     for section, values in (overrides or {}).items():
         if isinstance(data, dict) and isinstance(data.get(section, {}), dict):
             data = data | {section: data.get(section, {}) | values}
-    return from_dict(data)
+    return from_dict(data, saved)
 
 
 def dump(spec: Spec, path: str | Path) -> None:
@@ -354,7 +359,7 @@ def _check_value(key_path: str, name: str, value: Any, spec: Spec) -> None:
         raise SpecError(key_path, e["msg"][0].lower() + e["msg"][1:], value) from None
 
 
-def _check(spec: Spec) -> None:
+def _check(spec: Spec, saved: bool = False) -> None:
     """Rules that span fields: the search space, objectives, ASHA, models."""
     s = spec.search
     if s.method == "grid" and s.space:
@@ -399,7 +404,7 @@ def _check(spec: Spec) -> None:
             raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
     _check_prices(spec.resources)
     trials = all_trials(spec)
-    for metric in s.objectives:
+    for metric in () if saved else s.objectives:
         why = unmeasured(metric, trials)
         if why:
             raise SpecError(f"search.objectives.{metric}", why)

@@ -106,6 +106,13 @@ def test_a_spec_saved_before_node_prices_still_loads():
     # Earlier versions wrote these defaults into every results folder's spec.yaml.
     s = spec_lib.from_dict({"resources": {"cpu_hour_usd": 0.0, "gpu_hour_usd": 0.0}})
     assert s.resources.hour_usd is None
+    # With a price it cannot run again as it was, but its report can still be read.
+    old = {"resources": {"cpu_hour_usd": 0.05}, "search": {"objectives": {"cost_usd": "min"}}}
+    with pytest.raises(SpecError, match="resources.cpu_hour_usd: was replaced by"):
+        spec_lib.from_dict(old)
+    assert spec_lib.from_dict(old, saved=True).search.objectives == {"cost_usd": "min"}
+    with pytest.raises(SpecError, match="cpu_hour_usd"):
+        spec_lib.from_dict({"resources": {"cpu_hour_usd": False}})
 
 
 def test_command_line_overrides_are_validated_with_the_file(write_spec):

@@ -11,8 +11,8 @@ here. Experiment files list only what they change.
       method: grid
       points: [{batch_size: 32, lr: 1.0}, {batch_size: 64, lr: 1.0}]
 
-Any field of `train` or `resources` can be a search dimension. Bad input raises
-`SpecError` with one line naming the key and the value.
+Any field of `train` or `resources` (but the node prices) can be a search
+dimension. Bad input raises `SpecError` with one line naming the key and the value.
 """
 
 from __future__ import annotations

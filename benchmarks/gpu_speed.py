@@ -28,6 +28,7 @@ from _common import emit, steady, sweep
 
 from raytune_ctr import data, models
 from raytune_ctr.spec import DataSpec
+from raytune_ctr.train import _sync
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -65,14 +66,14 @@ def stock(args, seed: int) -> dict:
     times = []
     for _ in range(args.epochs):
         model.train()
-        sync(dev)
+        _sync(dev)
         t0 = time.perf_counter()
         for x, y in train:
             x, y = x.to(dev), y.to(dev)
             opt.zero_grad()
             F.nll_loss(model(x), y).backward()
             opt.step()
-        sync(dev)
+        _sync(dev)
         times.append(time.perf_counter() - t0)
         sched.step()
     model.eval()
@@ -82,11 +83,6 @@ def stock(args, seed: int) -> dict:
             correct += (model(x.to(dev)).argmax(1) == y.to(dev)).sum().item()
     return {"seed": seed, "s_per_epoch": steady(times), "epoch_times": times,
             "test_acc": 100.0 * correct / len(yte)}
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 VARIANTS = {"fp32": {"precision": "fp32", "compile": False},

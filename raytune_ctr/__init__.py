@@ -4,8 +4,8 @@ Pipeline, one module each: data -> models -> train (the loop) -> spec -> tuner
 (the sweep) -> report.
 """
 
-from raytune_ctr.data import DataError
-from raytune_ctr.spec import Spec, SpecError, load
+from raytune_ctr.errors import DataError, SpecError
+from raytune_ctr.spec import Spec, load
 
 __all__ = ["DataError", "RAY_VERSION", "Spec", "SpecError", "load"]
 __version__ = "0.1.0"

@@ -21,7 +21,8 @@ import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
-from raytune_ctr.spec import DataSpec, SpecError
+from raytune_ctr.errors import DataError, SpecError
+from raytune_ctr.spec import DataSpec
 
 log = logging.getLogger(__name__)
 # Debian's dataset-fashion-mnist package; looked at after data_dir.
@@ -31,11 +32,6 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # Per-channel mean/std from pytorch/examples (MNIST) and the Fashion-MNIST training set.
 NORMALIZE = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
-
-
-class DataError(RuntimeError):
-    """A dataset (or pretrained weights) that cannot be found, fetched or read; the
-    message is one line."""
 
 
 @dataclass(frozen=True)

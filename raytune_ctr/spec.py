@@ -30,21 +30,14 @@ from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, Stri
 from pydantic import ValidationError as _PydanticError
 from pydantic.dataclasses import dataclass
 
+from raytune_ctr.errors import SpecError
+
 _STRICT = ConfigDict(extra="forbid")
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
 NonNegativeFloat = Annotated[StrictFloat, Field(ge=0)]
 
 DEFAULT_DATA_DIR = os.environ.get("RAYTUNE_CTR_DATA", "~/.cache/raytune_ctr/data")
-
-
-class SpecError(ValueError):
-    """A spec (or a command-line value) that breaks a rule; the message is one line."""
-
-    def __init__(self, key: str, rule: str, value: Any = dataclasses.MISSING):
-        self.key, self.rule, self.value = key, rule, value
-        got = "" if value is dataclasses.MISSING else f", got {value!r}"
-        super().__init__(f"{key}: {rule}{got}")
 
 
 @dataclass(frozen=True, config=_STRICT)

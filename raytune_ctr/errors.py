@@ -1,0 +1,20 @@
+"""The errors raytune_ctr raises for bad input: each message is one line."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A spec (or a command-line value) that breaks a rule; the message is one line."""
+
+    def __init__(self, key: str, rule: str, value: Any = dataclasses.MISSING):
+        self.key, self.rule, self.value = key, rule, value
+        got = "" if value is dataclasses.MISSING else f", got {value!r}"
+        super().__init__(f"{key}: {rule}{got}")
+
+
+class DataError(RuntimeError):
+    """A dataset (or pretrained weights) that cannot be found, fetched or read; the
+    message is one line."""

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +115,18 @@ def load(spec: DataSpec, tokenize: Tokenize | None = None) -> Datasets:
     if spec.subset and spec.subset < len(ds.train):
         ds.train = _head(ds.train, spec.subset)
     return ds
+
+
+_LOADED: dict[tuple, Datasets] = {}
+
+
+def load_cached(spec: DataSpec, tokenize: Tokenize | None = None) -> Datasets:
+    """`load`, once per process: a reused trial process keeps its datasets. Each call
+    gets its own `Datasets`, since `place` swaps a trial's sets for GPU copies."""
+    key = (spec, tokenize)
+    if key not in _LOADED:
+        _LOADED[key] = load(spec, tokenize)
+    return replace(_LOADED[key])
 
 
 def _head(ds: Dataset, n: int) -> Dataset:

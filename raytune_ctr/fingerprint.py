@@ -39,12 +39,18 @@ def _image() -> str:
 
 
 def fingerprint(device: torch.device | None = None) -> dict[str, str]:
+    return dict(_fingerprint(str(device) if device is not None else None))
+
+
+@functools.cache  # once per process and device: a reused trial process asks every trial
+def _fingerprint(device: str | None) -> dict[str, str]:
+    device = torch.device(device) if device is not None else None
     gpu = ""
     if device is not None and device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion unpickles only with torch
         "ray": _version("ray"),
         "optuna": _version("optuna"),
         "cpu_model": _cpu_model(),

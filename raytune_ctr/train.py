@@ -66,7 +66,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
     # warn_only: an op with no deterministic kernel (CUDA's adaptive-pool backward in
     # the ResNets) warns instead of failing the trial; every other op is deterministic.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Only when the state must change: the call imports torch._inductor (and dynamo),
+    # seconds of CPU in every trial process, and a reused process keeps the setting.
+    if (torch.are_deterministic_algorithms_enabled() != deterministic
+            or deterministic and not torch.is_deterministic_algorithms_warn_only_enabled()):
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def rng_state(device: torch.device) -> dict:

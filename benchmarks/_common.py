@@ -24,6 +24,7 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
         tuner.init_ray(None)
         _ray_started = True
     concurrency = tuner.plan(spec)
+    tuner.prepare_data(spec)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / spec.name
         run_dir.mkdir()

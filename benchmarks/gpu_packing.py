@@ -2,7 +2,6 @@
 
 Target: the 8 finish in <= 2x the wall time of one. At 0.25 GPU each only 4 fit at
 once, so 8 take two waves; --gpu-fraction 0.125 runs all 8 together.
---no-preload starts Ray's workers cold (torch imported by each trial's processes).
 
     python benchmarks/gpu_packing.py --data-dir /tmp/data/fashion-mnist [--gpu-fraction 0.25]
 """
@@ -12,8 +11,6 @@ from __future__ import annotations
 import argparse
 
 from _common import emit, sweep
-
-from raytune_ctr import tuner
 
 
 def spec(args, n: int) -> dict:
@@ -34,15 +31,11 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--gpu-fraction", type=float, default=0.125)
-    p.add_argument("--no-preload", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if args.no_preload:
-        tuner.PRELOAD = ()
     _, one = sweep(spec(args, 1))
     df, many = sweep(spec(args, args.trials))
-    result = {"gpu_fraction": args.gpu_fraction, "preload": bool(tuner.PRELOAD),
-              "one_trial_wall_s": one,
+    result = {"gpu_fraction": args.gpu_fraction, "one_trial_wall_s": one,
               "packed_wall_s": many, "trials": args.trials, "ratio": many / one,
               "mean_epoch_s_packed": float(df["epoch_time_s"].mean()),
               "mean_setup_s_packed": float(df["setup_time_s"].mean())}

@@ -3,7 +3,7 @@
 # and all their output goes to OUT_DIR/bench.log. One failing benchmark does not stop the others. On the lent CUDA machine:
 #   source .devwheels/bootstrap.sh && bash benchmarks/run_gpu.sh $OUT p2 p4 p3
 set -uo pipefail
-out="${1:?usage: run_gpu.sh OUT_DIR [p2 p2seeds p3 p3cold p3q p4 p5 p6 p6rest tests]...}"
+out="${1:?usage: run_gpu.sh OUT_DIR [p2 p2seeds p3 p3q p4 p5 p6 p6rest overhead tests]...}"
 shift
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
@@ -25,7 +25,7 @@ for b in "$@"; do
     p2) run p2 python benchmarks/gpu_speed.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --out "$out/p2.json" ;;
     p2seeds) run p2seeds python benchmarks/gpu_speed.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --seeds 1,2,3 --variants fp32,bf16 --out "$out/p2seeds.json" ;;
     p3) run p3 python benchmarks/gpu_packing.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --out "$out/p3.json" ;;
-    p3cold) run p3cold python benchmarks/gpu_packing.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --no-preload --out "$out/p3cold.json" ;;
+    overhead) run overhead python benchmarks/trial_overhead.py --quickstart --out "$out/overhead.json" ;;
     p3q) run p3q python benchmarks/gpu_packing.py --data-dir "$RAYTUNE_CTR_DATA/fashion-mnist" --gpu-fraction 0.25 --out "$out/p3q.json" ;;
     p4) run p4 python benchmarks/gpu_throughput.py --out "$out/p4.json"
         run p4c python benchmarks/gpu_throughput.py --compile --out "$out/p4c.json" ;;

@@ -93,7 +93,11 @@ class TrainSpec:
 class ResourceSpec:
     num_workers: PositiveInt = 1
     use_gpu: StrictBool = False
-    cpus_per_worker: PositiveFloat = 1.0
+    # CPUs per Train worker (default 1), or the CPUs of the whole trial, split over
+    # its workers: with cpus_per_trial, trials with more workers get the same
+    # hardware, so num_workers compares DDP workers against threads (study S5).
+    cpus_per_worker: PositiveFloat | None = None
+    cpus_per_trial: PositiveFloat | None = None
     gpus_per_worker: PositiveFloat = 1.0
     # torch intra-op threads per worker; None = the worker's whole CPUs, at least 1.
     threads_per_worker: PositiveInt | None = None
@@ -122,12 +126,19 @@ class ResourceSpec:
         if kind not in prices:
             return None
         size = self.node_gpus if self.use_gpu else self.node_cpus
-        held = self.num_workers * (self.gpus_per_worker if self.use_gpu else self.cpus_per_worker)
+        held = self.num_workers * (self.gpus_per_worker if self.use_gpu else self.worker_cpus)
         return prices[kind] * held / size
 
     @property
+    def worker_cpus(self) -> float:
+        """The CPUs each Train worker holds."""
+        if self.cpus_per_trial is not None:
+            return self.cpus_per_trial / self.num_workers
+        return self.cpus_per_worker if self.cpus_per_worker is not None else 1.0
+
+    @property
     def threads(self) -> int:
-        return self.threads_per_worker or max(1, int(self.cpus_per_worker))
+        return self.threads_per_worker or max(1, int(self.worker_cpus))
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -421,6 +432,9 @@ def _check(spec: Spec, saved: bool = False) -> None:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)
     for train, res in trials:
+        if res.cpus_per_worker is not None and res.cpus_per_trial is not None:
+            raise SpecError("resources.cpus_per_trial", "set it or cpus_per_worker, not both",
+                            res.cpus_per_trial)
         if train.batch_size < res.num_workers:
             raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "
                             "because it is split across workers", train.batch_size)
@@ -485,55 +499,58 @@ def all_resources(spec: Spec) -> list[ResourceSpec]:
 def plan_concurrency(spec: Spec, cluster: dict[str, float], nodes: list[dict[str, float]]) -> int:
     """How many trials may run at once; raises `SpecError` when a trial can never fit.
 
-    A trial's driver reserves no CPU (only a token of memory); its Train workers
-    reserve `num_workers * cpus_per_worker` as one placement group, all or
-    nothing. So no trial can hold half of what another needs: trials that do
-    not fit side by side wait for their group, and Train retries start-up
-    time-outs without limit (FailureConfig.controller_failure_limit = -1). Up to
-    as many trials as the smallest fit side by side are started at once.
+    A trial's Tune actor reserves every CPU its workers use as one bundle, on one
+    node (a multi-worker trial's DDP workers run beside it, holding only a token),
+    so no trial ever holds part of what another needs: trials that do not fit side
+    by side wait for their turn. Up to as many trials as the smallest fit side by
+    side are started at once.
     """
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     node_cpus = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
     node_gpus = max((n.get("GPU", 0.0) for n in nodes), default=gpus)
     fits = []
     for res in all_resources(spec):
-        need_cpu = res.num_workers * res.cpus_per_worker
+        need_cpu = res.num_workers * res.worker_cpus
         need_gpu = res.num_workers * res.gpus_per_worker if res.use_gpu else 0.0
         if res.use_gpu and gpus == 0:
             raise SpecError("resources.use_gpu", "the cluster has no GPU", True)
-        if res.cpus_per_worker > node_cpus:
+        if res.worker_cpus > node_cpus:
             raise SpecError("resources.cpus_per_worker",
                             f"no node has that many CPUs (largest: {node_cpus:g})",
-                            res.cpus_per_worker)
+                            res.worker_cpus)
         if res.use_gpu and res.gpus_per_worker > node_gpus:
             raise SpecError("resources.gpus_per_worker",
                             f"no node has that many GPUs (largest: {node_gpus:g})",
                             res.gpus_per_worker)
-        if need_cpu > cpus + 1e-9:
+        where = "the cluster has" if len(nodes) <= 1 else "a trial's workers share one node; the largest has"
+        if need_cpu > node_cpus + 1e-9:
             raise SpecError("resources.num_workers",
-                            f"{res.num_workers} workers x {res.cpus_per_worker:g} CPUs need "
-                            f"{need_cpu:g} CPUs but the cluster has {cpus:g}", res.num_workers)
-        if need_gpu > gpus + 1e-9:
+                            f"{res.num_workers} workers x {res.worker_cpus:g} CPUs need "
+                            f"{need_cpu:g} CPUs but {where} {node_cpus:g}", res.num_workers)
+        if need_gpu > node_gpus + 1e-9:
             raise SpecError("resources.num_workers",
                             f"{res.num_workers} workers x {res.gpus_per_worker:g} GPUs need "
-                            f"{need_gpu:g} GPUs but the cluster has {gpus:g}", res.num_workers)
+                            f"{need_gpu:g} GPUs but {where} {node_gpus:g}", res.num_workers)
         if res.max_memory_gb is not None:
             node_mem = max((n.get("memory", 0.0) for n in nodes), default=0.0) / 2**30
             if node_mem and res.max_memory_gb > node_mem:
                 raise SpecError("resources.max_memory_gb", f"no node has that much memory for "
                                 f"Ray to give (largest: {node_mem:.1f} GB)", res.max_memory_gb)
-        fit = math.floor(cpus / need_cpu + 1e-9)
+        fit = sum(math.floor(n.get("CPU", 0.0) / need_cpu + 1e-9) for n in nodes) \
+            if nodes else math.floor(cpus / need_cpu + 1e-9)
         if need_gpu:
             fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
         if res.max_memory_gb and cluster.get("memory"):
-            # Whole workers per node: Ray places each worker's memory on one node.
-            slots = sum(math.floor(n.get("memory", 0.0) / 2**30 / res.max_memory_gb + 1e-9)
+            # The trial's actor reserves all its workers' memory, on its one node.
+            need_mem = res.num_workers * res.max_memory_gb
+            slots = sum(math.floor(n.get("memory", 0.0) / 2**30 / need_mem + 1e-9)
                         for n in nodes)
-            if slots < res.num_workers:
+            if slots < 1:
                 raise SpecError("resources.max_memory_gb", f"{res.num_workers} workers x "
-                                f"{res.max_memory_gb:g} GB do not fit in the cluster's memory "
-                                f"for Ray ({cluster['memory'] / 2**30:.1f} GB)", res.max_memory_gb)
-            fit = min(fit, slots // res.num_workers)
+                                f"{res.max_memory_gb:g} GB do not fit on one node: a trial's "
+                                f"workers share one, and the largest gives Ray "
+                                f"{node_mem:.1f} GB", res.max_memory_gb)
+            fit = min(fit, slots)
         fits.append(fit)
     if spec.train.deterministic and spec.search.method == "optuna":
         return 1  # TPE's suggestions depend on the order results come back in

@@ -1,5 +1,6 @@
-"""The one training loop. Ray Train runs `train_func` on every worker; tests and
-benchmarks call `fit` directly on plain torch.
+"""The one training loop, `fit`: a one-worker trial runs it in its Tune trial
+process, each rank of a multi-worker trial in its Ray Train worker (pool.py);
+tests and benchmarks call it directly on plain torch.
 
 Each epoch reports (global over all workers):
     epoch, train_loss, train_acc, test_loss, test_acc (percent),
@@ -39,9 +40,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from raytune_ctr import data, hardware, models
+from raytune_ctr import data, hardware, models, trace
 from raytune_ctr.fingerprint import fingerprint
-from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec
+from raytune_ctr.spec import DataSpec, TrainSpec
 
 METRICS = {
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_f1", "epoch_time_s",
@@ -242,22 +243,34 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         report: Callable[[dict, dict], None] | None = None, loader_workers: int | None = None,
         peak_tflops: float | None = None, hour_usd: float | None = None,
         state: dict | None = None, memory_limit_mb: float | None = None,
-        require: tuple[str, ...] = ()) -> list[dict]:
+        require: tuple[str, ...] = (), flops: dict[str, float] | None = None,
+        load: Callable[..., data.Datasets] = data.load) -> list[dict]:
     """Train `spec.epochs` epochs, calling `report(metrics, state)` after each; return the
     epochs' metrics. `state`, one that `report` was given, continues that run after
     its epoch as if it had never stopped (when it was the last epoch, `report` gets
     the final metrics once more, with state None). A metric in `require` (the
-    sweep's objectives) that this run cannot measure fails it before training."""
+    sweep's objectives) that this run cannot measure fails it before training.
+    `flops` holds FLOP counts made before the sweep (see `flops_key`); `load`
+    loads the datasets (a trial process passes its per-process cache)."""
     device = device or torch.device("cpu")
     per_rank = max(1, spec.batch_size // world)
     t0 = time.perf_counter()
+    trace.mark("setup_start")
     seed_everything(spec.seed, spec.deterministic)
     source = models.hf_source(spec.model)
-    ds = data.load(data_spec, data.Tokenize(source, spec.max_seq_length) if source else None)
+    ds = load(data_spec, data.Tokenize(source, spec.max_seq_length) if source else None)
     on_device = data.place(ds, device, data_spec.data_on_device)
+    trace.mark("setup_data")
     model = models.build(spec.model, ds.input_shape, ds.num_classes, hidden=spec.hidden).to(device)
-    flops = hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device,
-                                      dtype=ds.train.x.dtype if ds.in_memory else torch.float32)
+    trace.mark("setup_model")
+    dtype = ds.train.x.dtype if ds.in_memory else torch.float32
+    key = flops_key(spec, ds.input_shape, ds.num_classes, dtype)
+    if flops is None or key not in flops:
+        # Counting imports torch._dynamo (seconds); a sweep counts once, in the driver.
+        flops = {key: hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device,
+                                                dtype=dtype)}
+    flops = flops[key]
+    trace.mark("setup_flops")
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = spec.channels_last is True or (
         spec.channels_last == "auto" and device.type == "cuda" and conv)
@@ -286,6 +299,7 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup_time = time.perf_counter() - t0
+    trace.mark("setup_done")
 
     history, train_time, wall_time, start, before = [], 0.0, setup_time, 0, []
     if state is not None:
@@ -353,13 +367,21 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         metrics |= env | {"data_on_device_used": on_device, "channels_last_used": channels_last,
                            "resumed_from_epoch": start}
         history.append(metrics)
+        trace.mark("epoch_done", epoch=epoch)
         if report is not None:
             report(metrics, {"epoch": epoch, "metrics": metrics, "history": before + history,
                              "model": _bare(model).state_dict(),
                              "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict() if sched is not None else None,
                              "rng": rng_state(device)})
+            trace.mark("reported", epoch=epoch)
     return history
+
+
+def flops_key(spec: TrainSpec, shape: tuple[int, ...], num_classes: int, dtype) -> str:
+    """What a model's FLOPs per sample depend on."""
+    hidden = spec.hidden if spec.model == "mlp" else ()
+    return f"{spec.model}|{hidden}|{tuple(shape)}|{num_classes}|{dtype}"
 
 
 STATE_FILE = "state.pt"
@@ -368,48 +390,18 @@ STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 
 
-def train_func(config: dict) -> None:
-    """Ray Train worker entry: one process of the trial's DDP group.
+def state_files(state: dict) -> dict[str, bytes]:
+    """An epoch's checkpoint as file name -> bytes (what `report`'s state holds)."""
+    import io
 
-    Each epoch is a checkpoint; a restarted worker group (a worker died) or a
-    resumed sweep finds the latest through `ray.train.get_checkpoint()`.
-    """
-    import tempfile
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return {STATE_FILE: buf.getvalue(), HISTORY_FILE: json.dumps(state["history"]).encode()}
 
-    import ray.train
-    import ray.train.torch
 
-    # 1. Unpack the trial's resolved spec.
-    data_spec = DataSpec(**config["data"])
-    spec = TrainSpec(**config["train"])
-    res = ResourceSpec(**config["resources"])
-    torch.set_num_threads(res.threads)
-    # 2. Where this worker sits in the group; Ray has already set up the process group.
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    state = None
-    if (ckpt := ray.train.get_checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            # Our own file: RNG states are numpy and tuples, beyond weights_only.
-            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+def load_state(raw: bytes) -> dict:
+    """The state in a checkpoint's STATE_FILE, from its bytes."""
+    import io
 
-    def report(metrics: dict, state: dict | None) -> None:
-        if state is None:  # the final result again: its checkpoint is already saved
-            ray.train.report(metrics)
-            return
-        # Rank 0 writes the checkpoint (every rank holds the same weights); all report.
-        with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                torch.save(state, os.path.join(d, STATE_FILE))
-                with open(os.path.join(d, HISTORY_FILE), "w") as f:
-                    json.dump(state["history"], f)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d)
-                             if rank == 0 else None,
-                             checkpoint_dir_name=f"epoch_{state['epoch']:04d}")
-
-    # 3. Train; prepare_model wraps the net in DDP (gloo on CPU, nccl on GPU).
-    fit(data_spec, spec, device=ray.train.torch.get_device(), rank=rank,
-        world=ctx.get_world_size(), wrap=ray.train.torch.prepare_model, report=report,
-        peak_tflops=res.peak_tflops, hour_usd=res.hour_usd, state=state,
-        memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
-        require=tuple(config.get("objectives", ())))
+    # Our own file: RNG states are numpy and tuples, beyond weights_only.
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)

@@ -1,38 +1,34 @@
-"""The sweep: Ray Tune, driven by grid, random or Optuna search, runs one Ray Train
-job per trial and collects every epoch of every trial into one table.
+"""The sweep: Ray Tune, driven by grid, random or Optuna search, runs every trial of
+a spec and collects every epoch of every trial into one table.
 
-Train V2 nesting: each Tune trial is a function that builds a `TorchTrainer` and
-calls `fit()`; `TuneReportCallback` forwards each epoch's metrics to Tune.
+A trial trains in its own Tune trial process when it has one worker, or on a
+long-lived Ray Train worker group (DDP) when it has more (trial.py, pool.py).
+Tune reuses trial processes, so a trial costs its training, not a process start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import os
 import posixpath
+import time
 from pathlib import Path
 
 import pandas as pd
 from ray.tune.search.optuna import OptunaSearch
 
-from raytune_ctr import data
+from raytune_ctr import data, trial
 from raytune_ctr import spec as spec_lib
-from raytune_ctr import storage as storage_lib
 from raytune_ctr.spec import Spec, SpecError
-from raytune_ctr.train import FACTS, HISTORY_FILE, METRICS, train_func
+from raytune_ctr.train import FACTS, HISTORY_FILE, METRICS
 
-# Train V2 polls its workers every 2 s by default, which adds seconds to every
-# trial's start and end; on one node the preemption watcher is an idle process.
+# Train V2 polls its workers every 2 s by default; a pool's controller polls them so
+# a dead worker is seen at once. On one node the preemption watcher is an idle process.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 CLUSTER_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-# A trial's driver does no training; it reserves a token of memory, not a CPU,
-# so a 2-core machine can run a trial with two whole-CPU workers (Tune rejects
-# an empty reservation).
-TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
-# Local Ray starts its worker processes with these already imported, so a trial's
-# Train controller and workers take a warm process instead of paying torch's import.
-PRELOAD = ("torch",)
 
 
 def smoke(spec: Spec) -> Spec:
@@ -55,62 +51,90 @@ def smoke(spec: Spec) -> Spec:
                                train=dataclasses.replace(spec.train, epochs=1))
 
 
-def _report_to_tune():
-    """Tune's callback for Train, adding `retries`, the worker-group failures this
-    Train run has recovered from so far, and `retry_error`, the last one's error.
-    It lives in Train's controller, which outlives the worker groups it restarts."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+def _coordinator_name(storage: str) -> str:
+    """One coordinator per results folder: a resumed sweep's callback finds the new one."""
+    return "raytune_ctr-" + hashlib.sha1(storage.encode()).hexdigest()[:12]
 
-    class ReportToTune(TuneReportCallback):
+
+NAMESPACE = "raytune_ctr"
+POOL_START_S = 300  # a pool slower than this to start is not waited for
+log = logging.getLogger(__name__)
+
+
+def _coordination(spec: Spec, coordinator_name: str):
+    """A Tune callback in the driver that keeps the coordinator (pool.py) informed:
+    Tune's failure count per trial (so a restarted trial reports `retries` and
+    `retry_error`); the first trial of a world size, so its CPU pool starts while
+    the trial still waits (one node only: a pool runs on its trial's node); and
+    the pools no live trial needs any more, which stop."""
+    import ray
+    from ray import tune
+
+    from raytune_ctr import pool
+
+    total = len(spec.grid_points()) * spec.search.num_samples \
+        if spec.search.method == "grid" else spec.search.num_samples
+
+    class Coordination(tune.Callback):
         def __init__(self):
-            super().__init__()
-            self.failures, self.error, self.failing = 0, "", False
+            self._seeded, self._last, self._seen, self._handle = False, 0.0, set(), None
 
-        def after_exception(self, run_context, worker_exceptions):
-            # Called on every poll that sees the errors: count a failure once, until
-            # the restarted group reports again.
-            if not self.failing:
-                self.failures += 1
-                self.error = _error_line(next(iter(worker_exceptions.values())))
-            self.failing = True
+        def __getstate__(self):  # saved with the run config; the handle is this run's
+            return self.__dict__ | {"_handle": None}
 
-        def after_report(self, run_context, metrics, checkpoint):
-            self.failing = False
-            extra = {"retries": self.failures} | ({"retry_error": self.error} if self.error else {})
-            super().after_report(run_context, [m | extra for m in metrics], checkpoint)
+        def _coordinator(self):
+            if self._handle is None:
+                self._handle = ray.get_actor(coordinator_name, namespace=NAMESPACE)
+            return self._handle
 
-    return ReportToTune()
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            ray.get(self._coordinator().record_failure.remote(
+                trial.trial_id, trial.num_failures, _trial_error(trial)))
+
+        def on_step_begin(self, iteration, trials, **info):
+            if not self._seeded:  # a resumed sweep: failures from before the interruption
+                self._seeded = True
+                for t in trials:
+                    if t.num_failures:
+                        self.on_trial_recover(iteration, trials, t)
+            for t in trials:
+                if t.trial_id in self._seen:
+                    continue
+                self._seen.add(t.trial_id)
+                _, res = spec.resolve(t.config)
+                if res.num_workers > 1 and not res.use_gpu and t.status == "PENDING":
+                    nodes = [n for n in ray.nodes() if n.get("Alive")]
+                    if len(nodes) == 1:
+                        self._coordinator().start.remote(pool.PoolKey(
+                            res.num_workers, 0.0, ray.util.get_node_ip_address()))
+            if time.monotonic() - self._last < 1.0:
+                return
+            self._last = time.monotonic()
+            needed = set()
+            for t in trials:
+                if t.status in ("PENDING", "RUNNING", "PAUSED"):
+                    _, res = spec.resolve(t.config)
+                    needed.add((res.num_workers, res.gpus_per_worker if res.use_gpu else 0.0))
+            self._coordinator().retire.remote(sorted(needed), len(trials) >= total)
+
+    return Coordination()
 
 
-def run_trial(config: dict, spec: Spec, storage: str) -> None:
-    """One Tune trial: build a TorchTrainer for this configuration and fit it.
+def _trial_error(t) -> str:
+    """A trial's last error, from the files Tune has just written in the driver's
+    staging folder (its copy in storage comes later)."""
+    import cloudpickle
 
-    The Train run is named after the trial, so a trial restarted by a resumed
-    sweep finds its own checkpoints and continues from the last epoch.
-    """
-    import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    train, res = spec.resolve(config)
-    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.use_gpu else {})
-    if res.max_memory_gb:
-        per_worker["memory"] = res.max_memory_gb * 2**30  # Ray counts memory in bytes
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config={"data": dataclasses.asdict(spec.data),
-                           "train": dataclasses.asdict(train),
-                           "resources": dataclasses.asdict(res),
-                           "objectives": list(spec.search.objectives)},
-        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                     resources_per_worker=per_worker),
-        run_config=RunConfig(name=ray.tune.get_context().get_trial_id(),
-                             storage_path=posixpath.join(storage, "train"),
-                             callbacks=[_report_to_tune()],
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             failure_config=FailureConfig(max_failures=spec.search.max_failures)),
-    )
-    trainer.fit()
+    try:
+        if t.pickled_error_file and os.path.exists(t.pickled_error_file):
+            with open(t.pickled_error_file, "rb") as f:
+                return _error_line(cloudpickle.load(f))
+        if t.error_file and os.path.exists(t.error_file):
+            last = Path(t.error_file).read_text().split("Failure # ")[-1]
+            return _error_line(RuntimeError(last.split("\n", 1)[-1]))
+    except Exception:  # noqa: BLE001 - the count matters more than the text
+        pass
+    return ""
 
 
 def _domain(dim: spec_lib.Dimension):
@@ -130,10 +154,23 @@ def optuna_storage_url(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
 
 
+def _live_trials(spec: Spec, concurrency: int) -> int:
+    """Trials live at once: those that fit, plus one waiting. A waiting trial is one
+    Tune has staged, so it takes over the process of the first trial that ends and
+    asks for the same resources, instead of starting one. Not when the limit is the
+    user's (search.max_concurrent), which the waiting one could break, nor for a
+    deterministic Optuna search: each suggestion must see every result before it."""
+    s = spec.search
+    if (s.max_concurrent is not None and s.max_concurrent <= concurrency) \
+            or (spec.train.deterministic and s.method == "optuna"):
+        return concurrency
+    return concurrency + 1
+
+
 def _search(spec: Spec, run_dir: Path, concurrency: int):
     """(param_space, search_alg, num_samples) for the spec's method.
 
-    The concurrency limit goes to the searcher itself: Tune ignores
+    The limit on live trials goes to the searcher itself: Tune ignores
     TuneConfig.max_concurrent_trials for a BasicVariantGenerator.
     """
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -208,25 +245,29 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                         address) from None
 
 
-def _local_system_config() -> dict:
-    if "RAY_preload_python_modules" in os.environ or not PRELOAD:  # the user's choice wins
-        return {}
-    return {"preload_python_modules": list(PRELOAD)}
+_OWN_CLUSTER = False  # whether init_ray started the Ray this process uses
 
 
 def init_ray(address: str | None, verbose: bool = False) -> None:
+    global _OWN_CLUSTER
     import ray
 
     if address is not None:
         _probe(address)
-    defaults = LOCAL_TRAIN_ENV if address is None else CLUSTER_TRAIN_ENV
-    env = {k: os.environ.get(k, v) for k, v in defaults.items()}  # the user's setting wins
+    runtime_env = None
+    if address is None:
+        # A local Ray's processes inherit this environment. A job runtime_env would
+        # keep trials off the worker processes ray.init prestarts (theirs differs).
+        for k, v in LOCAL_TRAIN_ENV.items():
+            os.environ.setdefault(k, v)  # the user's setting wins
+    else:
+        runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in CLUSTER_TRAIN_ENV.items()}}
     try:
         # The dashboard stays on: Train's PlacementGroupCleaner asks its state API
-        # whether a controller is gone, and without it a trial stopped by ASHA
-        # leaks its workers' placement group, so later trials wait forever.
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose,
-                 _system_config=_local_system_config() if address is None else None)
+        # whether a pool's controller is gone, and without it a pool whose driver
+        # died leaks its workers' placement group.
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
+        _OWN_CLUSTER = address is None
     except (ConnectionError, RuntimeError, ValueError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SpecError("--address", f"cannot reach a Ray cluster there ({msg})", address) from None
@@ -240,35 +281,115 @@ def plan(spec: Spec) -> int:
     return spec_lib.plan_concurrency(spec, ray.cluster_resources(), nodes)
 
 
-def _trainable(spec: Spec, storage: str):
+def _trainable(spec: Spec, coordinator, flops: dict[str, float]):
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, spec=spec, storage=storage),
-                               TRIAL_DRIVER_RESOURCES)
+    def resources(config: dict):
+        _, res = spec.resolve(config)
+        return tune.PlacementGroupFactory([trial.resources(res)])
+
+    return tune.with_resources(tune.with_parameters(trial.run_trial, spec=spec,
+                                                    coordinator=coordinator, flops=flops),
+                               resources)
 
 
-def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int,
-              storage: str | None = None) -> pd.DataFrame:
+def _dirname(t) -> str:
+    return f"{trial.DIR_PREFIX}{t.trial_id}"
+
+
+def _start_coordinator(spec: Spec, storage: str):
+    """The sweep's coordinator (pool.py), owned by this driver. On a one-node cluster
+    the CPU pools the spec's trials can ask for start now: a pool takes seconds to
+    start, longer than a small trial trains (`run_sweep` waits for them)."""
+    import ray
+
+    from raytune_ctr import pool
+
+    coordinator = pool.Coordinator.options(name=_coordinator_name(storage),
+                                           namespace=NAMESPACE).remote(storage)
+    if len([n for n in ray.nodes() if n.get("Alive")]) == 1:
+        ip = ray.util.get_node_ip_address()
+        worlds = {r.num_workers for r in spec_lib.all_resources(spec)
+                  if r.num_workers > 1 and not r.use_gpu}
+        # Waited on: a threaded actor runs calls in any order, and wait_up follows.
+        ray.get([coordinator.start.remote(pool.PoolKey(w, 0.0, ip)) for w in sorted(worlds)])
+    return coordinator
+
+
+def _wait_for_pools(coordinator) -> None:
+    """Start training once the pools are up: a pool's start-up is a burst of CPU
+    that would slow the trials training beside it, and skew their timings."""
+    import ray
+
+    if not ray.get(coordinator.wait_up.remote(POOL_START_S)):
+        log.warning("worker pools not up after %d s; starting the trials anyway",
+                    POOL_START_S)
+
+
+def _stop_coordinator(coordinator) -> None:
+    """Stop the pools (Train tears their workers down), then the coordinator. On a
+    cluster of its own (started by init_ray) a pool still starting is not waited
+    for: that Ray ends with this process."""
+    import ray
+
+    try:
+        ray.get(coordinator.shutdown.remote(wait_starting=not _OWN_CLUSTER), timeout=180)
+    finally:
+        ray.kill(coordinator)
+
+
+def _run_config(spec: Spec, name: str, parent: str, storage: str):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name, storage_path=parent, verbose=1,
+        callbacks=[_coordination(spec, _coordinator_name(storage))],
+        # A trial that fails restarts from its last epoch checkpoint (max_failures
+        # times; any error counts, so a diverged trial is tried again, then FAILED).
+        failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+
+
+def run_sweep(spec: Spec, run_dir: Path, *, concurrency: int, storage: str | None = None,
+              flops: dict[str, float] | None = None) -> pd.DataFrame:
     """Run every trial of `spec` on the connected Ray cluster; write trials.parquet/csv.
 
-    Tune and Train write to `storage` (a URI such as gs://bucket/prefix/<name>,
-    which every node can reach) or else to run_dir; the tables go to run_dir.
+    Tune writes to `storage` (a URI such as gs://bucket/prefix/<name>, which every
+    node can reach) or else to run_dir; the tables go to run_dir. `flops`: the
+    models' FLOP counts (`count_flops`), counted here when not given.
     """
     from ray import tune
 
+    from raytune_ctr import trace
+
+    trace.mark("sweep_start")
     run_dir = Path(run_dir).resolve()
     storage = storage or str(run_dir)
-    param_space, search_alg, num_samples = _search(spec, run_dir, concurrency)
-    tuner = tune.Tuner(
-        _trainable(spec, storage),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
-            max_concurrent_trials=None if spec.search.method != "optuna" else concurrency),
-        run_config=tune.RunConfig(name=run_dir.name, storage_path=posixpath.dirname(storage),
-                                  verbose=1),
-    )
-    return _tables(tuner.fit(), spec, run_dir, storage)
+    live = _live_trials(spec, concurrency)
+    param_space, search_alg, num_samples = _search(spec, run_dir, live)
+    coordinator = _start_coordinator(spec, storage)
+    trace.mark("coordinator_started")
+    if flops is None:  # while the coordinator's pools start
+        flops = count_flops(spec)
+        trace.mark("flops_counted")
+    try:
+        tuner = tune.Tuner(
+            _trainable(spec, coordinator, flops or {}),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
+                max_concurrent_trials=None if spec.search.method != "optuna" else live,
+                reuse_actors=True, trial_dirname_creator=_dirname),
+            run_config=_run_config(spec, run_dir.name, posixpath.dirname(storage), storage),
+        )
+        _wait_for_pools(coordinator)
+        trace.mark("tuner_fit")
+        grid = tuner.fit()
+        trace.mark("tuner_done")
+    finally:
+        _stop_coordinator(coordinator)
+    trace.mark("coordinator_stopped")
+    return _tables(grid, spec, run_dir)
 
 
 def can_resume(storage: str) -> bool:
@@ -277,7 +398,8 @@ def can_resume(storage: str) -> bool:
     return tune.Tuner.can_restore(storage)
 
 
-def resume_sweep(spec: Spec, run_dir: Path, *, storage: str | None = None) -> pd.DataFrame:
+def resume_sweep(spec: Spec, run_dir: Path, *, storage: str | None = None,
+                 flops: dict[str, float] | None = None) -> pd.DataFrame:
     """Continue an interrupted sweep where Tune's last experiment checkpoint left it.
 
     Tune restores its trials, the scheduler and the searcher's own state
@@ -289,14 +411,23 @@ def resume_sweep(spec: Spec, run_dir: Path, *, storage: str | None = None) -> pd
 
     run_dir = Path(run_dir).resolve()
     storage = storage or str(run_dir)
+    coordinator = _start_coordinator(spec, storage)
+    flops = flops if flops is not None else count_flops(spec)
     try:
-        tuner = tune.Tuner.restore(storage, trainable=_trainable(spec, storage),
-                                   resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-    except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
-        raise SpecError("--resume", f"Tune cannot restore {storage} ({_error_line(err)})",
-                        run_dir.name) from None
-    df = _tables(tuner.fit(), spec, run_dir, storage)
+        try:
+            # The run config (and its callback, which finds this coordinator by name)
+            # comes back from the interrupted run.
+            tuner = tune.Tuner.restore(storage, trainable=_trainable(spec, coordinator, flops or {}),
+                                       resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+        except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
+            raise SpecError("--resume", f"Tune cannot restore {storage} ({_error_line(err)})",
+                            run_dir.name) from None
+        _wait_for_pools(coordinator)
+        grid = tuner.fit()
+    finally:
+        _stop_coordinator(coordinator)
+    df = _tables(grid, spec, run_dir)
     if spec.search.method == "optuna":
         _close_orphans(run_dir)
     return df
@@ -315,8 +446,8 @@ def _close_orphans(run_dir: Path) -> None:
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
-def _tables(grid, spec: Spec, run_dir: Path, storage: str) -> pd.DataFrame:
-    df = collect(grid, spec, storage)
+def _tables(grid, spec: Spec, run_dir: Path) -> pd.DataFrame:
+    df = collect(grid, spec)
     df.to_parquet(run_dir / "trials.parquet", index=False)
     df.to_csv(run_dir / "trials.csv", index=False)
     if spec.search.method != "optuna":
@@ -334,45 +465,38 @@ def _error_line(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def checkpointed_epochs(storage: str, trial_id: str) -> list[dict]:
-    """The epochs a trial's Train run saved with its latest checkpoint, in order."""
+def checkpointed_epochs(result) -> list[dict]:
+    """The epochs a trial saved with its newest whole checkpoint, in order."""
     import json
 
-    run = posixpath.join(storage, "train", trial_id)
-    saved = [d for d in storage_lib.subfolders(run) if d.startswith("epoch_")]
-    for name in reversed(saved):  # the newest that reads whole (a kill can cut one short)
-        try:
-            return json.loads(storage_lib.read_text(posixpath.join(run, name, HISTORY_FILE)))
-        except (OSError, ValueError):
-            continue
-    return []
+    if result.filesystem is None or not result.path:
+        return []
+    found = trial.newest_checkpoint(result.filesystem, result.path)
+    return json.loads(found[HISTORY_FILE]) if found else []
 
 
-def collect(grid, spec: Spec, storage: str | None = None) -> pd.DataFrame:
+def collect(grid, spec: Spec) -> pd.DataFrame:
     """One row per trial per epoch: status, error, resolved config, metrics, fingerprint.
 
     A trial that crashed keeps its epochs so far and is FAILED; one that never
     reported gets a single row with no metrics. Never a made-up score. Epochs
     come from Tune's record and, where a killed driver lost some of it, from
-    the trial's last checkpoint in `storage`.
+    the trial's last checkpoint.
     """
     rows = []
-    runs = storage_lib.subfolders(posixpath.join(storage, "train")) if storage else []
     for i, r in enumerate(grid):
         config = dict(r.config or {})
         train, res = spec.resolve(config)
-        # A trial that never reported to Tune still has its id in its folder's name.
-        trial_dir = Path(r.path).name + "_"
-        tid = (r.metrics or {}).get("trial_id") or next(
-            (t for t in runs if f"_{t}_" in trial_dir), Path(r.path).name)
+        tid = (r.metrics or {}).get("trial_id") or \
+            posixpath.basename(r.path or "").removeprefix(trial.DIR_PREFIX)
         base = {"trial_id": tid, "trial_index": i}
         base |= dataclasses.asdict(train) | {k: v for k, v in dataclasses.asdict(res).items()
                                              if k not in spec_lib.PRICE_FIELDS}  # in spec.yaml
         base["hidden"] = "-".join(map(str, train.hidden))
-        base["threads_per_worker"] = res.threads
+        base["cpus_per_worker"], base["threads_per_worker"] = res.worker_cpus, res.threads
         mdf = r.metrics_dataframe
         reported = [] if mdf is None or "epoch" not in mdf else mdf.to_dict("records")
-        saved = checkpointed_epochs(storage, base["trial_id"]) if storage else []
+        saved = checkpointed_epochs(r)
         # Later wins: Tune's rows (they carry `retries`) over saved ones, and the last
         # report of an epoch a restarted run repeated.
         by_epoch = {e["epoch"]: e for e in saved + reported if pd.notna(e.get("epoch"))}
@@ -412,8 +536,8 @@ def record_optuna_study(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
                                             for m in objectives.values()])
     dists = {k: optuna.distributions.CategoricalDistribution(
         sorted(df[k].dropna().unique().tolist(), key=str)) for k in keys}
-    for _, trial in df.groupby("trial_index", sort=True):
-        last = trial.sort_values("epoch").iloc[-1]
+    for _, rows in df.groupby("trial_index", sort=True):
+        last = rows.sort_values("epoch").iloc[-1]
         params = {k: last[k].item() if hasattr(last[k], "item") else last[k] for k in keys}
         values = [float(last[m]) for m in objectives]
         ok = last["status"] != "FAILED" and all(pd.notna(v) for v in values)
@@ -440,3 +564,27 @@ def prepare_data(spec: Spec) -> str:
             ds = data.load(spec.data, data.Tokenize(source, length))
         models.build(name, ds.input_shape, ds.num_classes)
     return ds.source
+
+
+def count_flops(spec: Spec) -> dict[str, float]:
+    """Every model's training FLOPs per sample, counted once for the sweep (keys:
+    `train.flops_key`). Counting imports torch._dynamo, seconds of CPU that no
+    trial process should pay; a trial whose shape is not here counts its own."""
+    import torch
+
+    from raytune_ctr import hardware, models, train
+
+    cand = spec_lib.candidates(spec)
+    flops = {}
+    for name in cand["model"]:
+        source = models.hf_source(name)
+        for length in cand["max_seq_length"] if source else [None]:
+            ds = data.load(spec.data, data.Tokenize(source, length) if source else None)
+            dtype = ds.train.x.dtype if ds.in_memory else torch.float32
+            for hidden in cand["hidden"] if name == "mlp" else [spec.train.hidden]:
+                t = dataclasses.replace(spec.train, model=name, hidden=hidden)
+                net = models.build(name, ds.input_shape, ds.num_classes, hidden=t.hidden)
+                flops[train.flops_key(t, ds.input_shape, ds.num_classes, dtype)] = \
+                    hardware.flops_per_sample(net, ds.input_shape, ds.num_classes,
+                                              torch.device("cpu"), dtype=dtype)
+    return flops

@@ -1,6 +1,7 @@
 """Nothing lost, for real: SIGKILL the sweep's driver and resume it; SIGKILL a Train
 worker and watch the trial restart from its checkpoint. No mocks."""
 
+import json
 import os
 import signal
 import subprocess
@@ -28,10 +29,16 @@ def finish(proc, timeout=600):
 
 
 def checkpoints(run: Path) -> dict[str, int]:
-    """Trial id -> the epoch of its newest checkpoint so far."""
+    """Trial id -> the epoch of its newest checkpoint so far (Tune's trial_<id>/
+    checkpoint_*/, each holding the epochs so far in history.json)."""
     found = {}
-    for d in (run / "train").glob("*/epoch_*"):
-        found[d.parent.name] = max(found.get(d.parent.name, 0), int(d.name.split("_")[1]))
+    for f in run.glob("trial_*/checkpoint_*/history.json"):
+        try:
+            epoch = json.loads(f.read_text())[-1]["epoch"]
+        except (OSError, ValueError, IndexError):
+            continue  # being written
+        tid = f.parent.parent.name.removeprefix("trial_")
+        found[tid] = max(found.get(tid, 0), epoch)
     return found
 
 

@@ -123,7 +123,7 @@ def test_smoke_to_a_uri_storage_path(tmp_path, monkeypatch):
     assert trials(remote).equals(trials(local))
     assert {"report.md", "spec.yaml", "optuna.db", "trials.csv"} <= {p.name for p in remote.iterdir()}
     assert any(remote.glob("experiment_state-*.json"))  # Tune's own state, written there
-    assert any((remote / "train").iterdir())  # each trial's Train run
+    assert any(remote.glob("trial_*/checkpoint_*/state.pt"))  # each trial's epoch checkpoints
 
 
 def test_every_trial_failing_exits_1_and_still_writes_the_report(write_spec, tmp_path):

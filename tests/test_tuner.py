@@ -21,7 +21,7 @@ def test_collected_rows_write_to_parquet_with_or_without_prices(tmp_path):
     epoch = {"epoch": 1, "test_acc": 90.0, "train_time_s": 1.0, "env_host": "h"}
     result = SimpleNamespace(config={"lr": 0.5}, path=str(tmp_path / "run_t1_00000"),
                              metrics={"trial_id": "t1"}, error=None,
-                             metrics_dataframe=pd.DataFrame([epoch]))
+                             metrics_dataframe=pd.DataFrame([epoch]), filesystem=None)
     for resources in ({}, {"node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}):
         spec = spec_lib.from_dict({"resources": resources, "search": {"grid": {"lr": [0.5]}}})
         df = tuner.collect([result], spec)
@@ -51,3 +51,49 @@ def test_asha_can_count_train_seconds():
     sched = tuner._scheduler(s)
     assert (sched._time_attr, sched._metric, sched._mode) == ("train_time_s", "test_acc", "max")
     assert tuner._scheduler(spec_lib.from_dict({})) is None
+
+
+def test_one_trial_waits_beside_those_that_fit_unless_the_limit_is_the_users():
+    s = spec_lib.from_dict({"search": {"method": "grid", "grid": {"seed": [0, 1, 2]}}})
+    assert tuner._live_trials(s, 2) == 3  # the third is staged: it takes over a process
+    capped = spec_lib.from_dict({"search": {"method": "grid", "max_concurrent": 1}})
+    assert tuner._live_trials(capped, 1) == 1
+    det = spec_lib.from_dict({"train": {"deterministic": True}, "search": {
+        "method": "optuna", "space": {"lr": {"loguniform": [0.1, 1.0]}}}})
+    assert tuner._live_trials(det, 1) == 1
+
+
+def test_a_trial_goes_on_from_its_newest_whole_checkpoint(tmp_path):
+    import json
+
+    from pyarrow import fs
+
+    from raytune_ctr import train, trial
+
+    for epoch in (1, 2, 3):
+        d = tmp_path / f"checkpoint_{epoch - 1:06d}"
+        d.mkdir()
+        files = train.state_files({"epoch": epoch, "history": [{"epoch": e} for e in
+                                                               range(1, epoch + 1)]})
+        for name, raw in files.items():
+            (d / name).write_bytes(raw)
+    # A kill cut the newest one short: the one before it is taken.
+    newest = tmp_path / "checkpoint_000002" / trial.STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
+    found = trial.newest_checkpoint(fs.LocalFileSystem(), str(tmp_path))
+    assert [e["epoch"] for e in json.loads(found[trial.HISTORY_FILE])] == [1, 2]
+    assert train.load_state(found[trial.STATE_FILE])["epoch"] == 2
+    assert trial.newest_checkpoint(fs.LocalFileSystem(), str(tmp_path / "none")) is None
+
+
+def test_a_trial_reserves_every_cpu_its_workers_use_and_gpus_only_when_it_trains():
+    from raytune_ctr import trial
+    from raytune_ctr.spec import ResourceSpec
+
+    assert trial.resources(ResourceSpec(cpus_per_trial=2.0)) == {"CPU": 2.0}
+    assert trial.resources(ResourceSpec(num_workers=2, cpus_per_worker=1.0,
+                                        max_memory_gb=1.0)) == {"CPU": 2.0, "memory": 2 * 2**30}
+    assert trial.resources(ResourceSpec(use_gpu=True, gpus_per_worker=0.5)) == {"CPU": 1.0,
+                                                                                 "GPU": 0.5}
+    # A pool's workers hold their own GPUs; the relay holds the CPUs.
+    assert trial.resources(ResourceSpec(num_workers=2, use_gpu=True)) == {"CPU": 2.0}

@@ -1,0 +1,171 @@
+"""One Tune trial. A one-worker trial trains right here, in Tune's trial process,
+which Tune reuses from trial to trial (`reuse_actors`). A multi-worker trial hands
+its job to a long-lived Ray Train worker pool (pool.py) and relays its epochs.
+Either way each epoch goes to Tune by `tune.report` with its checkpoint, and a
+trial that Tune restarts (after a failure, or in a resumed sweep) goes on from
+its last one.
+
+Every trial process imports this module, so it leaves out pandas and optuna, and
+a pool's relay never imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tempfile
+import threading
+import uuid
+import zipfile
+from pathlib import Path
+
+import ray
+from pyarrow import fs
+
+from raytune_ctr import trace
+from raytune_ctr.pool import PoolKey
+from raytune_ctr.spec import ResourceSpec, Spec
+
+STATE_FILE, HISTORY_FILE = "state.pt", "history.json"  # as train.state_files writes them
+DIR_PREFIX = "trial_"  # a trial's folder is trial_<trial id>
+
+
+def resources(res: ResourceSpec) -> dict[str, float]:
+    """What a trial's Tune actor reserves: every CPU (and memory) its workers use; the
+    GPUs too when it trains itself (a pool's workers hold their own GPUs)."""
+    n = res.num_workers
+    req = {"CPU": n * res.worker_cpus}
+    if res.use_gpu and n == 1:
+        req["GPU"] = res.gpus_per_worker
+    if res.max_memory_gb:
+        req["memory"] = n * res.max_memory_gb * 2**30  # Ray counts memory in bytes
+    return req
+
+
+def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) -> None:
+    """Tune's function for every trial of the sweep."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    trace.set_trial(trial_id)
+    trace.mark("trial_start")
+    train, res = spec.resolve(config)
+    # Tune's count of this trial's failures so far (its callback tells the coordinator).
+    retries, error = ray.get(coordinator.failures.remote(trial_id))
+    extra = {"retries": retries} | ({"retry_error": error} if error else {})
+    state = last_state(tune.get_checkpoint())
+    job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id, "data": spec.data,
+           "train": train, "resources": res, "objectives": list(spec.search.objectives),
+           "state": state, "flops": flops}
+    try:
+        if res.num_workers == 1:
+            _train_here(job, extra)
+        else:
+            _relay(job, extra, coordinator)
+    finally:
+        trace.mark("trial_end")
+        trace.set_trial(None)
+
+
+def _train_here(job: dict, extra: dict) -> None:
+    import torch
+
+    from raytune_ctr import data
+    from raytune_ctr import train as train_lib
+
+    res = job["resources"]
+    torch.set_num_threads(res.threads)
+    # Ray has set CUDA_VISIBLE_DEVICES to the GPU this trial holds.
+    device = torch.device("cuda", 0) if res.use_gpu else torch.device("cpu")
+
+    def report(metrics: dict, state: dict | None) -> None:
+        files = train_lib.state_files(state) if state is not None else None
+        trace.mark("state_serialized")
+        _report(metrics | extra, files)
+
+    train_lib.fit(job["data"], job["train"], device=device, report=report,
+                  state=train_lib.load_state(job["state"]) if job["state"] else None,
+                  peak_tflops=res.peak_tflops, hour_usd=res.hour_usd,
+                  memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
+                  require=tuple(job["objectives"]), flops=job["flops"], load=data.load_cached)
+
+
+def _relay(job: dict, extra: dict, coordinator) -> None:
+    """Hand the job to this node's pool for its world size; report its epochs to Tune."""
+    res = job["resources"]
+    key = PoolKey(res.num_workers, res.gpus_per_worker if res.use_gpu else 0.0,
+                  ray.util.get_node_ip_address())
+    ray.get(coordinator.submit.remote(key, job))
+    trace.mark("job_submitted")
+    stop = threading.Event()
+
+    def heartbeat():  # while this thread waits on Tune inside tune.report
+        while not stop.wait(2.0):
+            coordinator.heartbeat.remote(job["id"])
+
+    threading.Thread(target=heartbeat, daemon=True).start()
+    over = False
+    try:
+        while True:
+            event = ray.get(coordinator.next_event.remote(job["id"], 10.0))
+            if event is None:
+                continue
+            if event[0] == "epoch":
+                trace.mark("event_received")
+                _report(event[1] | extra, event[2] or None)  # SystemExit here: Tune stopped us
+                coordinator.answer.remote(job["id"], event[1]["epoch"], True)
+                continue
+            over = True
+            if event[0] == "error":
+                raise event[1]
+            return
+    finally:
+        stop.set()
+        if not over:
+            coordinator.cancel.remote(job["id"])
+
+
+def _report(metrics: dict, files: dict[str, bytes] | None) -> None:
+    from ray import tune
+
+    if not files:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        for name, raw in files.items():
+            Path(d, name).write_bytes(raw)
+        trace.mark("files_written")
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    trace.mark("tune_reported")
+
+
+def last_state(checkpoint) -> bytes | None:
+    """The state file of the newest whole checkpoint in the trial's folder, starting
+    from Tune's: Tune keeps one, and a killed driver's record can name one already
+    replaced by a newer."""
+    if checkpoint is None:
+        return None
+    found = newest_checkpoint(checkpoint.filesystem, posixpath.dirname(checkpoint.path))
+    return found[STATE_FILE] if found else None
+
+
+def newest_checkpoint(filesystem: fs.FileSystem, trial_path: str) -> dict[str, bytes] | None:
+    """{file: bytes} of the newest checkpoint in a trial folder that reads whole (a
+    kill can cut the last one short); None if there is none."""
+    try:
+        infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
+    except (OSError, ValueError):
+        return None
+    names = sorted((i.base_name for i in infos if i.type == fs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_")), reverse=True)
+    for name in names:
+        try:
+            files = {}
+            for f in (STATE_FILE, HISTORY_FILE):
+                with filesystem.open_input_stream(posixpath.join(trial_path, name, f)) as s:
+                    files[f] = s.read()
+            if zipfile.ZipFile(io.BytesIO(files[STATE_FILE])).testzip() is None:
+                return files
+        except (OSError, zipfile.BadZipFile):
+            continue
+    return None

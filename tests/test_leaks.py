@@ -1,0 +1,121 @@
+"""Nothing left behind, on a Ray cluster that outlives the sweep (as a shared one
+does): no placement group, actor or worker process of any trial, whether ASHA
+stopped it, it finished, or it was given up while its worker pool still started.
+The Ray state API is asked, as `ray list` would."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).with_name("ray"))
+# Ray's own, one per cluster and kept on purpose: Train's autoscaling coordinator.
+RAYS_OWN = {"_AutoscalingCoordinatorActor"}
+# Process titles of what a sweep starts; none may outlive it.
+OURS = ("ray::ImplicitFunc", "ray::Coordinator", "ray::TrainController", "ray::RayTrainWorker",
+        "ray::PlacementGroupCleaner", "ray::SynchronizationActor", "ray::DatasetManager")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster():
+    """A real head node on 2 CPUs, started apart from any sweep; yields (address, state API)."""
+    port, dash = free_port(), free_port()
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120, env=os.environ.copy())
+    try:
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def leftovers(api: str) -> dict:
+    from ray.util.state import list_actors, list_placement_groups
+
+    groups = [g.placement_group_id for g in list_placement_groups(address=api, limit=10_000)
+              if g.state != "REMOVED"]
+    actors = [a.class_name for a in list_actors(address=api, limit=10_000)
+              if a.state == "ALIVE" and a.class_name not in RAYS_OWN]
+    procs = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmd.read_text().replace("\0", " ")
+        except OSError:
+            continue
+        if title.startswith(OURS):
+            procs.append(title.split()[0])
+    return {"placement groups": groups, "actors": actors, "processes": procs}
+
+
+def settled(api: str, timeout: float = 30.0) -> dict:
+    """What is left once teardown has had time to finish (Ray ends processes async)."""
+    end = time.monotonic() + timeout
+    while True:
+        left = leftovers(api)
+        if not any(left.values()) or time.monotonic() > end:
+            return left
+        time.sleep(1.0)
+
+
+def test_a_sweep_with_stopped_trials_leaves_nothing(cluster, write_spec, tmp_path):
+    address, api = cluster
+    spec = write_spec({
+        "name": "leaks",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [32], "epochs": 6, "optimizer": "adam",
+                  "lr_schedule": "none"},
+        "search": {"method": "optuna", "num_samples": 8, "seed": 3,
+                   "objectives": {"test_acc": "max"}, "scheduler": "asha",
+                   "asha": {"time_attr": "epoch", "grace_period": 1, "reduction_factor": 2},
+                   "space": {"lr": {"loguniform": [1.0e-4, 1.0e-1]},
+                             "num_workers": {"choice": [1, 2]}}},
+    })
+    proc = subprocess.run([sys.executable, "experiments/sweep.py", "--config", spec,
+                           "--address", address, "--storage-path", tmp_path / "res",
+                           "--name", "leaks"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "res" / "leaks" / "trials.parquet")
+    status = df.groupby("trial_index")["status"].first()
+    workers = df.groupby("trial_index")["num_workers"].first()
+    assert len(status) == 8 and set(status) <= {"COMPLETED", "STOPPED"}  # none lost
+    assert (status == "STOPPED").sum() >= 2 and set(workers) == {1, 2}
+    assert settled(api) == {"placement groups": [], "actors": [], "processes": []}
+
+
+def test_a_job_given_up_while_its_pool_starts_leaves_nothing(cluster, tmp_path):
+    """A multi-worker trial stopped before its workers are up: its job is cancelled,
+    the pool still comes up, and the sweep's end tears it down."""
+    address, api = cluster
+    script = tmp_path / "give_up.py"
+    script.write_text(textwrap.dedent(f"""
+        import ray
+        from raytune_ctr import pool
+        ray.init(address="{address}")
+        c = pool.Coordinator.remote("{tmp_path / 'storage'}")
+        key = pool.PoolKey(2, 0.0, ray.util.get_node_ip_address())
+        ray.get(c.submit.remote(key, {{"id": "j1", "trial_id": "t1"}}))
+        ray.get(c.cancel.remote("j1"))
+        assert ray.get(c.pools.remote()) == [str(key)]  # still starting
+        ray.get(c.shutdown.remote(wait_starting=True))
+        ray.kill(c)
+        print("given up")
+    """))
+    proc = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0 and "given up" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert settled(api) == {"placement groups": [], "actors": [], "processes": []}

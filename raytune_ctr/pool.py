@@ -68,7 +68,7 @@ class _Pool:
     key: PoolKey
     queue: collections.deque = field(default_factory=collections.deque)
     running: str | None = None  # the job its workers serve now
-    up: bool = False  # its workers have asked for work
+    up: bool = False  # its workers are up (warming up, or asking for work)
     stopping: bool = False
     thread: threading.Thread | None = None
 
@@ -150,8 +150,8 @@ class Coordinator:
         end = time.monotonic() + timeout
         with self._cv:
             pool = self._by_id[pool_id]
-            pool.running, pool.up = None, True
-            self._cv.notify_all()
+            pool.running = None
+            self._up(pool)
             while True:
                 if pool.stopping:
                     return STOP
@@ -164,6 +164,15 @@ class Coordinator:
                 if left <= 0:
                     return None
                 self._cv.wait(left)
+
+    def up(self, pool_id: int) -> None:
+        """The pool's workers are up (rank 0 says so before they warm up)."""
+        with self._cv:
+            self._up(self._by_id[pool_id])
+
+    def _up(self, pool: _Pool) -> None:
+        pool.up = True
+        self._cv.notify_all()
 
     def put_epoch(self, job_id: str, metrics: dict, files: dict[str, bytes]) -> None:
         """Hand an epoch (its metrics and checkpoint files) to the trial."""
@@ -208,7 +217,7 @@ class Coordinator:
             self._pool(key)
 
     def wait_up(self, timeout: float) -> bool:
-        """Wait until every pool has asked for work; False if one had not by `timeout`."""
+        """Wait until every pool is up; False if one was not by `timeout`."""
         end = time.monotonic() + timeout
         with self._cv:
             while not all(p.up for p in self._pools.values()):
@@ -348,6 +357,8 @@ def serve(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     trace.mark("pool_worker_ready", pool=pool, rank=rank)
+    if rank == 0:  # trials may start: their processes take longer to start than this
+        ray.get(coordinator.up.remote(pool))
     _warm_up(device)
     trace.mark("pool_worker_warm", pool=pool, rank=rank)
     while True:
@@ -362,7 +373,7 @@ def serve(config: dict) -> None:
 
 def _warm_up(device) -> None:
     """Pay the imports a first job would (the training loop; torch.optim's first call
-    imports torch._dynamo) while the pool waits, not while a trial does."""
+    imports torch._dynamo) while the first trials start, not while one trains."""
     import ray.train.torch
     import torch
 

@@ -27,6 +27,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -260,6 +261,7 @@ def main() -> None:
     from _common import emit
 
     emit({"machine_cpus": os.cpu_count(), "sweeps": results}, args.out)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,10 @@ def sweep(args: argparse.Namespace) -> int:
     spec_lib.dump(spec, run_dir / "spec.yaml")
     if uri:  # so --resume can find the spec from another machine
         storage_lib.upload(run_dir, uri)
-    df = tuner.run_sweep(spec, run_dir, concurrency=concurrency, storage=uri)
+    try:
+        df = tuner.run_sweep(spec, run_dir, concurrency=concurrency, storage=uri)
+    except SpecError as err:  # the sweep's name is taken on a shared cluster
+        return _fail(str(err))
     return _finish(spec, df, run_dir, uri)
 
 

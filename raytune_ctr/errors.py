@@ -18,3 +18,14 @@ class SpecError(ValueError):
 class DataError(RuntimeError):
     """A dataset (or pretrained weights) that cannot be found, fetched or read; the
     message is one line."""
+
+
+def one_line(err: BaseException) -> str:
+    """The most specific line of a (possibly wrapped, multi-line) error: Ray and Tune
+    wrap a trial's error in tracebacks; the last `SomethingError: ...` line is it."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
+            return ln
+    return lines[-1] if lines else type(err).__name__

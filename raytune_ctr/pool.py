@@ -1,25 +1,26 @@
 """The sweep's coordinator: Tune's failure count per trial, and long-lived Ray Train
-worker groups that serve the multi-worker trials.
+worker groups ("pools") that serve the multi-worker trials.
 
 Ray Train V2 starts a controller, a placement-group cleaner, a synchronization
 actor, a dataset manager and N workers for every `fit()`: 10-60 s of start-up on
-2 cores, more than a small trial trains. So a sweep keeps one `TorchTrainer` per
-(world size, GPU share, node) running, started when a trial of that size first
-needs it, and its workers serve a queue of jobs (a trial's config and the
+2 cores, more than a small trial trains. So a sweep keeps `TorchTrainer`s running,
+one per multi-worker trial that runs at once, keyed by (world size, GPU share,
+node), and their workers serve a queue of jobs (a trial's config and the
 checkpoint to go on from). Every rank runs `fit` for the job on the live process
 group; rank 0 hands each epoch's metrics and checkpoint to the trial, which
-reports them to Tune and says whether to go on (ASHA's stop).
+reports them to Tune (whose stop cancels the job).
 
 Resources: the trial's Tune actor reserves the workers' CPUs, so Tune's resource
-line and the deadlock-free planning count them there; the pool's workers reserve
-only a token of memory on the trial's node, so an idle CPU pool holds nothing a
-trial needs and stays until the sweep ends. A GPU pool's workers hold their GPUs
-(a worker sees only the GPUs it holds), so it stops once no trial needs it.
+line and the deadlock-free planning count them there; a CPU pool's workers hold
+only a token of their node (the trial's), so an idle CPU pool holds nothing a
+trial needs. A GPU pool's workers hold their GPUs (a worker sees only the GPUs it
+holds) wherever Ray puts them, and the pool stops once no live trial needs it.
 
-Failures: an error that every rank raises alike (a diverged loss) fails the job
-and the group serves on. Any other worker error, or a dead worker, lets Train
-restart the group; the job it was serving fails with that error, and Tune's
-FailureConfig restarts the trial from its last checkpoint, as for any trial.
+Failures: an error that every rank raises alike (set-up that fails, a diverged
+loss) fails the job and the group serves on. Any other worker error, or a dead
+worker, lets Train restart the group; the job it served fails with that error,
+and Tune's FailureConfig restarts the trial from its last checkpoint, as for any
+trial.
 """
 
 from __future__ import annotations
@@ -33,23 +34,26 @@ from typing import Any
 
 import ray
 
+from raytune_ctr.errors import one_line
+
 STOP = "stop"  # take(): the pool is shutting down
 PIPELINE_S = 1.0  # epochs shorter than this go on before Tune's verdict on the last
 # A job whose trial has not been heard from for this long is given up: its Tune
-# actor died without saying so (killed, or its node lost).
-SILENT_S = 30.0
-TOKEN = {"memory": 2**20}  # Ray rejects an empty bundle; a trial actor holds the CPUs
+# actor died without saying so (killed, or its node lost). Trials beat every 2 s.
+SILENT_S = 10.0
+POOL_START_S = 300.0  # a pool not up by then gives up, and its key's queued jobs fail
+GIVE_UP_AFTER = 3  # pools of a key that ended in a row without serving a job
 
 
 @dataclass(frozen=True)
 class PoolKey:
     world: int
     gpus_per_worker: float  # 0: a CPU pool
-    node_ip: str
+    node_ip: str  # a CPU pool runs on its trials' node; "" for a GPU pool: anywhere
 
     def __str__(self) -> str:
         gpu = f"-{self.gpus_per_worker:g}gpu" if self.gpus_per_worker else ""
-        return f"{self.world}w{gpu}-{self.node_ip}"
+        return f"{self.world}w{gpu}" + (f"-{self.node_ip}" if self.node_ip else "")
 
 
 @dataclass
@@ -57,7 +61,7 @@ class _Job:
     spec: dict
     key: PoolKey
     events: collections.deque = field(default_factory=collections.deque)
-    answers: dict[int, bool] = field(default_factory=dict)  # epoch -> go on?
+    answered: set[int] = field(default_factory=set)  # epochs Tune has taken: go on
     cancelled: bool = False
     heard: float = field(default_factory=time.monotonic)
 
@@ -66,10 +70,11 @@ class _Job:
 class _Pool:
     id: int
     key: PoolKey
-    queue: collections.deque = field(default_factory=collections.deque)
     running: str | None = None  # the job its workers serve now
     up: bool = False  # its workers are up (warming up, or asking for work)
+    served: bool = False  # it took a job
     stopping: bool = False
+    started: float = field(default_factory=time.monotonic)
     thread: threading.Thread | None = None
 
 
@@ -77,26 +82,38 @@ class _Pool:
 class Coordinator:
     def __init__(self, storage: str):
         self._storage = storage
-        self._cv = threading.Condition()
+        self._cv = threading.Condition()  # guards everything below
         self._failures: dict[str, tuple[int, str]] = {}
         self._jobs: dict[str, _Job] = {}
-        self._pools: dict[PoolKey, _Pool] = {}  # the pool that takes new jobs, per key
-        self._by_id: dict[int, _Pool] = {}  # every pool still running, stopping ones too
+        self._queues: dict[PoolKey, collections.deque] = collections.defaultdict(collections.deque)
+        self._pools: dict[int, _Pool] = {}  # every pool whose thread still runs
+        self._fruitless: collections.Counter = collections.Counter()  # key -> pools in a row
         self._ids = itertools.count()
+        self._closed = False
         threading.Thread(target=self._watch, daemon=True).start()
 
     # --- Tune's failure count: written by the driver's callback, read by trials
     def record_failure(self, trial_id: str, count: int, error: str) -> None:
-        self._failures[trial_id] = (count, error)
+        with self._cv:
+            self._failures[trial_id] = (count, error)
 
     def failures(self, trial_id: str) -> tuple[int, str]:
-        return self._failures.get(trial_id, (0, ""))
+        with self._cv:
+            return self._failures.get(trial_id, (0, ""))
 
     # --- the trial's side of a job
     def submit(self, key: PoolKey, job: dict) -> None:
         with self._cv:
+            # A trial runs once at a time: a job it left (its process died, and Tune
+            # restarted it) is given up now, not when it falls silent.
+            for old in [i for i, j in self._jobs.items() if j.spec["trial_id"] == job["trial_id"]]:
+                self._cancel(old)
             self._jobs[job["id"]] = _Job(job, key)
-            self._pool(key).queue.append(job["id"])
+            if self._closed:
+                self._fail(job["id"], RuntimeError("the sweep is shutting down"))
+                return
+            self._queues[key].append(job["id"])
+            self._grow(key)
             self._cv.notify_all()
 
     def next_event(self, job_id: str, timeout: float) -> tuple | None:
@@ -104,59 +121,59 @@ class Coordinator:
         end = time.monotonic() + timeout
         with self._cv:
             job = self._jobs.get(job_id)
-            if job is None:
-                return ("error", RuntimeError(f"job {job_id} was given up: its trial went "
-                                              f"silent for {SILENT_S:g} s"))
-            while not job.events:
+            while job is not None and not job.events and not job.cancelled:
                 job.heard = time.monotonic()
                 left = end - time.monotonic()
                 if left <= 0:
                     return None
                 self._cv.wait(left)
+            if job is None or job.cancelled:
+                return ("error", RuntimeError(f"job {job_id} was given up: its trial went "
+                                              f"silent for {SILENT_S:g} s"))
             event = job.events.popleft()
             if event[0] != "epoch":
                 del self._jobs[job_id]
             return event
 
-    def answer(self, job_id: str, epoch: int, go: bool) -> None:
-        """Tune's verdict on an epoch: go on (True) or stop."""
+    def answer(self, job_id: str, epoch: int) -> None:
+        """Tune has taken this epoch and the trial goes on (a stop cancels the job)."""
         with self._cv:
             if (job := self._jobs.get(job_id)) is not None:
-                job.answers[epoch], job.heard = go, time.monotonic()
+                job.answered.add(epoch)
+                job.heard = time.monotonic()
                 self._cv.notify_all()
 
     def heartbeat(self, job_id: str) -> None:
-        if (job := self._jobs.get(job_id)) is not None:
-            job.heard = time.monotonic()
+        with self._cv:
+            if (job := self._jobs.get(job_id)) is not None:
+                job.heard = time.monotonic()
 
     def cancel(self, job_id: str) -> None:
         with self._cv:
             self._cancel(job_id)
 
-    def _cancel(self, job_id: str) -> None:
-        job = self._jobs.pop(job_id, None)
-        if job is None:
-            return
-        job.cancelled = True
-        pool = self._pools.get(job.key)
-        if pool is not None and job_id in pool.queue:
-            pool.queue.remove(job_id)
-        self._cv.notify_all()
+    # --- a pool's side (rank 0)
+    def up(self, pool_id: int) -> None:
+        """The pool's workers are up (rank 0 says so before they warm up)."""
+        with self._cv:
+            self._pools[pool_id].up = True
+            self._cv.notify_all()
 
-    # --- the pool's side (rank 0)
     def take(self, pool_id: int, timeout: float) -> dict | str | None:
         """The next job for this pool, STOP, or None when there was none for `timeout` s
         (rank 0 then says so to the other ranks, keeping their collectives alive)."""
         end = time.monotonic() + timeout
         with self._cv:
-            pool = self._by_id[pool_id]
-            pool.running = None
-            self._up(pool)
+            pool = self._pools[pool_id]
+            pool.running, pool.up = None, True
+            self._cv.notify_all()
+            queue = self._queues[pool.key]
             while True:
                 if pool.stopping:
                     return STOP
-                if pool.queue:
-                    pool.running = pool.queue.popleft()
+                if queue:
+                    pool.running, pool.served = queue.popleft(), True
+                    self._fruitless[pool.key] = 0
                     job = self._jobs[pool.running]
                     job.heard = time.monotonic()
                     return job.spec
@@ -164,15 +181,6 @@ class Coordinator:
                 if left <= 0:
                     return None
                 self._cv.wait(left)
-
-    def up(self, pool_id: int) -> None:
-        """The pool's workers are up (rank 0 says so before they warm up)."""
-        with self._cv:
-            self._up(self._by_id[pool_id])
-
-    def _up(self, pool: _Pool) -> None:
-        pool.up = True
-        self._cv.notify_all()
 
     def put_epoch(self, job_id: str, metrics: dict, files: dict[str, bytes]) -> None:
         """Hand an epoch (its metrics and checkpoint files) to the trial."""
@@ -189,123 +197,166 @@ class Coordinator:
                 job = self._jobs.get(job_id)
                 if job is None or job.cancelled:
                     return False
-                if epoch in job.answers:
-                    return job.answers[epoch]
+                if epoch in job.answered:
+                    return True
                 self._cv.wait(1.0)
 
     def finish(self, job_id: str, error: BaseException | None) -> None:
         with self._cv:
-            job = self._jobs.get(job_id)
-            if job is not None and not job.cancelled:
-                job.events.append(("error", error) if error is not None else ("done",))
-            self._cv.notify_all()
+            if error is not None:
+                self._fail(job_id, error)
+            elif (job := self._jobs.get(job_id)) is not None and not job.cancelled:
+                job.events.append(("done",))
+                self._cv.notify_all()
 
     def group_failed(self, pool_id: int, error: str) -> None:
         """Train is restarting the pool's workers: the job they served fails with
         `error`, and its trial goes to Tune's FailureConfig like any failed trial."""
         with self._cv:
-            pool = self._by_id.get(pool_id)
-            if pool is None or pool.running is None:
-                return
-            self.finish(pool.running, RuntimeError(error))
-            pool.running = None
+            pool = self._pools.get(pool_id)
+            if pool is not None and pool.running is not None:
+                self._fail(pool.running, RuntimeError(error))
+                pool.running = None
 
     # --- the driver's side
     def start(self, key: PoolKey) -> None:
-        """Start a pool ahead of its first trial."""
+        """Start a pool ahead of its first trial, unless one for `key` is there."""
         with self._cv:
-            self._pool(key)
+            if not self._closed and not self._live(key):
+                self._new_pool(key)
 
     def wait_up(self, timeout: float) -> bool:
         """Wait until every pool is up; False if one was not by `timeout`."""
         end = time.monotonic() + timeout
         with self._cv:
-            while not all(p.up for p in self._pools.values()):
+            while not all(p.up for p in self._pools.values() if not p.stopping):
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
                 self._cv.wait(left)
             return True
 
-    def retire(self, needed: list[tuple[int, float]], search_done: bool) -> None:
-        """Stop idle pools no live trial needs: GPU pools at once (they hold GPUs),
-        CPU pools once the searcher can make no more trials."""
+    def retire(self, needed: dict[tuple[int, float], int], search_done: bool) -> None:
+        """Stop idle pools beyond what live trials need, `needed`: (world size, GPU
+        share) -> live trials. GPU pools go at once (they hold GPUs); the last CPU
+        pool of a size only once the searcher can make no more trials."""
         with self._cv:
-            for key, pool in self._pools.items():
-                idle = pool.running is None and not pool.queue
-                wanted = (key.world, key.gpus_per_worker) in needed
-                if idle and not wanted and (key.gpus_per_worker or search_done):
-                    pool.stopping = True
+            by_size = collections.defaultdict(list)
+            for pool in self._pools.values():
+                if not pool.stopping:
+                    by_size[(pool.key.world, pool.key.gpus_per_worker)].append(pool)
+            for size, pools in by_size.items():
+                keep = max(needed.get(size, 0), 0 if size[1] or search_done else 1)
+                busy = sum(p.running is not None or not p.up for p in pools)
+                idle = [p for p in pools if p.running is None and p.up]
+                for pool in idle[max(0, keep - busy):]:
+                    if not self._queues[pool.key]:
+                        pool.stopping = True
             self._cv.notify_all()
 
     def shutdown(self, timeout: float = 120.0, wait_starting: bool = True) -> None:
         """Stop every pool and wait for Train to tear its workers down; not for pools
         still starting unless `wait_starting` (a pool stops once it is up)."""
         with self._cv:
+            self._closed = True
             for job_id in list(self._jobs):
                 self._cancel(job_id)
-            for pool in self._by_id.values():
+            for pool in self._pools.values():
                 pool.stopping = True
             self._cv.notify_all()
-            threads = [p.thread for p in self._by_id.values()
+            threads = [p.thread for p in self._pools.values()
                        if p.thread is not None and (p.up or wait_starting)]
         end = time.monotonic() + timeout
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
 
     def pools(self) -> list[str]:
-        return [str(k) for k, p in self._pools.items() if not p.stopping]
+        with self._cv:
+            return [str(p.key) for p in self._pools.values() if not p.stopping]
 
-    # --- inside
-    def _pool(self, key: PoolKey) -> _Pool:
-        pool = self._pools.get(key)
-        if pool is None or pool.stopping:
-            pool = _Pool(next(self._ids), key)
-            self._pools[key] = self._by_id[pool.id] = pool
-            pool.thread = threading.Thread(target=self._run, args=(pool,), daemon=True)
-            pool.thread.start()
-        return pool
+    # --- inside (all with self._cv held)
+    def _live(self, key: PoolKey) -> list[_Pool]:
+        return [p for p in self._pools.values() if p.key == key and not p.stopping]
+
+    def _grow(self, key: PoolKey) -> None:
+        """One pool per job waiting or served at once: start one if they are short."""
+        free = sum(p.running is None for p in self._live(key))
+        if len(self._queues[key]) > free:
+            self._new_pool(key)
+
+    def _new_pool(self, key: PoolKey) -> None:
+        pool = _Pool(next(self._ids), key)
+        self._pools[pool.id] = pool
+        pool.thread = threading.Thread(target=self._run, args=(pool,), daemon=True)
+        pool.thread.start()
+
+    def _cancel(self, job_id: str) -> None:
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        job.cancelled = True
+        if job_id in self._queues[job.key]:
+            self._queues[job.key].remove(job_id)
+        self._cv.notify_all()
+
+    def _fail(self, job_id: str, error: BaseException) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.cancelled:
+            return
+        if job_id in self._queues[job.key]:
+            self._queues[job.key].remove(job_id)
+        job.events.append(("error", error))
+        self._cv.notify_all()
 
     def _run(self, pool: _Pool) -> None:
         """One pool's life: a TorchTrainer whose workers serve jobs until told to stop."""
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
-        from raytune_ctr import trace
-
-        key = pool.key
-        trace.mark("pool_start", pool=str(key))
-        per_worker = {"CPU": 0, **TOKEN, f"node:{key.node_ip}": 0.001}
-        if key.gpus_per_worker:
-            per_worker["GPU"] = key.gpus_per_worker
-        me = ray.get_runtime_context().current_actor
-        trainer = TorchTrainer(
-            serve, train_loop_config={"coordinator": me, "pool": pool.id},
-            scaling_config=ScalingConfig(num_workers=key.world,
-                                         use_gpu=bool(key.gpus_per_worker),
-                                         resources_per_worker=per_worker),
-            run_config=RunConfig(name=f"pool-{key}-{pool.id}",
-                                 storage_path=_join(self._storage, "pools"),
-                                 callbacks=[_group_failures(me, pool.id)],
-                                 # A bound, so a pool whose workers cannot start gives up.
-                                 failure_config=FailureConfig(max_failures=8)))
         error = None
         try:
-            trainer.fit()
-        except Exception as err:  # noqa: BLE001 - the pool's jobs get the reason
-            error = RuntimeError(f"the {key} worker group gave up: {_line(err)}")
+            from ray.train import FailureConfig, RunConfig, ScalingConfig
+            from ray.train.torch import TorchTrainer
+
+            from raytune_ctr import storage, trace
+
+            key = pool.key
+            trace.mark("pool_start", pool=str(key))
+            # Ray rejects an empty bundle: a CPU pool's token is a sliver of its node.
+            per_worker = {"CPU": 0} | ({"GPU": key.gpus_per_worker} if key.gpus_per_worker
+                                       else {f"node:{key.node_ip}": 0.001})
+            me = ray.get_runtime_context().current_actor
+            TorchTrainer(
+                serve, train_loop_config={"coordinator": me, "pool": pool.id},
+                scaling_config=ScalingConfig(num_workers=key.world,
+                                             use_gpu=bool(key.gpus_per_worker),
+                                             resources_per_worker=per_worker),
+                run_config=RunConfig(
+                    name=f"pool-{key}-{pool.id}", storage_path=storage.join(self._storage, "pools"),
+                    callbacks=[_group_failures(me, pool.id)],
+                    # Bounds, so a pool whose workers cannot start or keep dying ends.
+                    failure_config=FailureConfig(max_failures=8, controller_failure_limit=10)),
+            ).fit()
+        except BaseException as err:  # noqa: BLE001 - the pool's jobs get the reason
+            error = RuntimeError(f"the {pool.key} worker pool gave up: {one_line(err)}")
+        finally:
+            self._ended(pool, error)
+
+    def _ended(self, pool: _Pool, error: BaseException | None) -> None:
+        from raytune_ctr import trace
+
         with self._cv:
-            pool.stopping = True
-            for job_id in [*pool.queue, *([pool.running] if pool.running else [])]:
-                if error is not None:
-                    self.finish(job_id, error)
-                else:
-                    self._cancel(job_id)
-            pool.queue.clear()
-            if self._pools.get(key) is pool:
-                del self._pools[key]
-            del self._by_id[pool.id]
-        trace.mark("pool_end", pool=str(key))
+            del self._pools[pool.id]
+            if pool.running is not None and error is not None:
+                self._fail(pool.running, error)
+            queue = self._queues[pool.key]
+            if not pool.served and error is not None:
+                self._fruitless[pool.key] += 1
+            if queue and (self._closed or self._fruitless[pool.key] >= GIVE_UP_AFTER):
+                for job_id in list(queue):
+                    self._fail(job_id, error or RuntimeError(f"no {pool.key} worker pool "
+                                                             "could start"))
+            elif queue:
+                self._grow(pool.key)  # its queued jobs go to a fresh pool
+            self._cv.notify_all()
+        trace.mark("pool_end", pool=str(pool.key))
 
     def _watch(self) -> None:
         while True:
@@ -315,15 +366,13 @@ class Coordinator:
                 for job_id, job in list(self._jobs.items()):
                     if now - job.heard > SILENT_S:
                         self._cancel(job_id)
-
-
-def _join(storage: str, name: str) -> str:
-    return storage.rstrip("/") + "/" + name
-
-
-def _line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
+                for pool in self._pools.values():
+                    if not pool.up and not pool.stopping and now - pool.started > POOL_START_S:
+                        pool.stopping = True  # its thread ends once Train gives up or it is up
+                        for job_id in list(self._queues[pool.key]):
+                            self._fail(job_id, RuntimeError(
+                                f"the {pool.key} worker pool did not start within "
+                                f"{POOL_START_S:g} s (are its resources free on that node?)"))
 
 
 def _group_failures(coordinator, pool_id: int):
@@ -335,13 +384,21 @@ def _group_failures(coordinator, pool_id: int):
         def after_exception(self, run_context, worker_exceptions: dict[int, Exception]):
             err = next(iter(worker_exceptions.values()))
             ray.get(coordinator.group_failed.remote(pool_id, f"{type(err).__name__}: "
-                                                    f"{_line(err)}"))
+                                                    f"{one_line(err)}"))
 
     return GroupFailures()
 
 
 class _Stopped(Exception):
     """Tune stopped the job's trial (ASHA, or the sweep ending)."""
+
+
+class _SetupFailed(Exception):
+    """A job's set-up failed on some rank; raised on every rank alike."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(one_line(error))
+        self.error = error
 
 
 def serve(config: dict) -> None:
@@ -392,6 +449,24 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def _agree(err: BaseException | None, world: int) -> None:
+    """Every rank, after the set-up that makes no collective call: raise on every
+    rank the first rank's error, if any, so all of them leave the job together."""
+    import pickle
+
+    import torch.distributed as dist
+
+    try:
+        pickle.dumps(err)
+    except Exception:  # noqa: BLE001 - an error that does not pickle travels as text
+        err = RuntimeError(f"{type(err).__name__}: {one_line(err)}")
+    errors: list = [None] * world
+    dist.all_gather_object(errors, err)
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise _SetupFailed(first)
+
+
 def _serve_job(job: dict, coordinator, rank: int, world: int, device) -> None:
     import ray.train.torch
 
@@ -424,19 +499,29 @@ def _serve_job(job: dict, coordinator, rank: int, world: int, device) -> None:
         if not _broadcast(go):
             raise _Stopped
 
-    state = train.load_state(job["state"]) if job["state"] else None
+    state, early = None, None
+    try:
+        state = train.load_state(job["state"]) if job["state"] else None
+    except Exception as err:  # noqa: BLE001 - alike on every rank: the job fails
+        early = err
     error = None
     try:
         train.fit(job["data"], job["train"], device=device, rank=rank, world=world,
                   wrap=ray.train.torch.prepare_model, report=report, state=state,
                   peak_tflops=res.peak_tflops, hour_usd=res.hour_usd,
                   memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
-                  require=tuple(job["objectives"]), flops=job["flops"], load=data.load_cached)
+                  require=tuple(job["objectives"]), flops=job["flops"], load=data.load_cached,
+                  ready=lambda err: _agree(early or err, world))
         if waiting:  # the trial has said what it will of the last epoch
             verdict(waiting.pop())
     except _Stopped:
         pass
-    except FloatingPointError as err:  # raised alike on every rank: the group stays in step
+    # Raised alike on every rank, so the group stays in step and serves on: set-up
+    # (through _agree), and a diverged loss (checked on reduced metrics). Any other
+    # error is one rank's and ends this worker: Train restarts the group.
+    except _SetupFailed as err:
+        error = err.error
+    except FloatingPointError as err:
         error = err
     if rank == 0:
         ray.get(coordinator.finish.remote(job["id"], error))

@@ -502,7 +502,7 @@ def plan_concurrency(spec: Spec, cluster: dict[str, float], nodes: list[dict[str
     A trial's Tune actor reserves every CPU its workers use as one bundle, on one
     node (a multi-worker trial's DDP workers run beside it, holding only a token),
     so no trial ever holds part of what another needs: trials that do not fit side
-    by side wait for their turn. Up to as many trials as the smallest fit side by
+    by side wait for their turn. Tune may start as many trials as the smallest fit side by
     side are started at once.
     """
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)

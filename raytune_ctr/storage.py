@@ -46,19 +46,3 @@ def download(uri: str, local_dir: Path) -> None:
         if info.type == fs.FileType.File and not dest.exists():
             fs.copy_files(info.path, str(dest), source_filesystem=filesystem,
                           destination_filesystem=fs.LocalFileSystem())
-
-
-def subfolders(where: str) -> list[str]:
-    """Names of the folders directly in `where` (a local path or a URI); [] if none."""
-    filesystem, path = fs.FileSystem.from_uri(where)
-    try:
-        infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
-    except (OSError, ValueError):
-        return []
-    return sorted(posixpath.basename(i.path) for i in infos if i.type == fs.FileType.Directory)
-
-
-def read_text(where: str) -> str:
-    filesystem, path = fs.FileSystem.from_uri(where)
-    with filesystem.open_input_stream(path) as f:
-        return f.read().decode()

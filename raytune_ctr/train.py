@@ -35,6 +35,7 @@ import random
 import resource
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,8 +54,8 @@ METRICS = {
     "cost_usd",
 }
 # What the fast path chose for a trial (auto settings resolved), kept beside the metrics.
-# `retries` (worker-group failures recovered from) and `retry_error` (the last one's
-# error) are added by the tuner's callback.
+# `retries` (Tune's count of the trial's failures so far) and `retry_error` (the last
+# one's error) are added by the trial (trial.py).
 FACTS = {"data_on_device_used", "channels_last_used", "resumed_from_epoch", "retries",
          "retry_error"}
 
@@ -255,47 +256,77 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def reset_peak_rss() -> None:
+    """Count this process's peak RSS afresh: a reused trial process would otherwise
+    report (and be held to max_memory_gb by) an earlier trial's peak. Freed memory,
+    which keep_freed_memory keeps, goes back to the OS first, so the count starts at
+    what is in use. Linux only; elsewhere the peak is the process's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM and ru_maxrss
+    except OSError:
+        pass
+
+
 def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = None,
         rank: int = 0, world: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
         report: Callable[[dict, dict], None] | None = None, loader_workers: int | None = None,
         peak_tflops: float | None = None, hour_usd: float | None = None,
         state: dict | None = None, memory_limit_mb: float | None = None,
         require: tuple[str, ...] = (), flops: dict[str, float] | None = None,
-        load: Callable[..., data.Datasets] = data.load) -> list[dict]:
+        load: Callable[..., data.Datasets] = data.load,
+        ready: Callable[[BaseException | None], None] | None = None) -> list[dict]:
     """Train `spec.epochs` epochs, calling `report(metrics, state)` after each; return the
     epochs' metrics. `state`, one that `report` was given, continues that run after
     its epoch as if it had never stopped (when it was the last epoch, `report` gets
     the final metrics once more, with state None). A metric in `require` (the
     sweep's objectives) that this run cannot measure fails it before training.
     `flops` holds FLOP counts made before the sweep (see `flops_key`); `load`
-    loads the datasets (a trial process passes its per-process cache)."""
+    loads the datasets (a trial process passes its per-process cache). `ready`
+    gets the set-up's error or None before the first collective call, on every
+    rank (a pool's ranks agree there to leave a job together)."""
     device = device or torch.device("cpu")
     per_rank = max(1, spec.batch_size // world)
     t0 = time.perf_counter()
     trace.mark("setup_start")
-    keep_freed_memory()
-    seed_everything(spec.seed, spec.deterministic)
-    source = models.hf_source(spec.model)
-    ds = load(data_spec, data.Tokenize(source, spec.max_seq_length) if source else None)
-    on_device = data.place(ds, device, data_spec.data_on_device)
-    trace.mark("setup_data")
-    model = models.build(spec.model, ds.input_shape, ds.num_classes, hidden=spec.hidden).to(device)
-    trace.mark("setup_model")
-    dtype = ds.train.x.dtype if ds.in_memory else torch.float32
-    key = flops_key(spec, ds.input_shape, ds.num_classes, dtype)
-    if flops is None or key not in flops:
-        # Counting imports torch._dynamo (seconds); a sweep counts once, in the driver.
-        flops = {key: hardware.flops_per_sample(model, ds.input_shape, ds.num_classes, device,
-                                                dtype=dtype)}
-    flops = flops[key]
-    trace.mark("setup_flops")
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = spec.channels_last is True or (
-        spec.channels_last == "auto" and device.type == "cuda" and conv)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    error = None
+    try:  # the set-up that makes no collective call
+        keep_freed_memory()
+        reset_peak_rss()
+        seed_everything(spec.seed, spec.deterministic)
+        source = models.hf_source(spec.model)
+        ds = load(data_spec, data.Tokenize(source, spec.max_seq_length) if source else None)
+        on_device = data.place(ds, device, data_spec.data_on_device)
+        trace.mark("setup_data")
+        model = models.build(spec.model, ds.input_shape, ds.num_classes,
+                             hidden=spec.hidden).to(device)
+        trace.mark("setup_model")
+        dtype = ds.train.x.dtype if ds.in_memory else torch.float32
+        key = flops_key(spec, ds.input_shape, ds.num_classes, dtype)
+        if flops is None or key not in flops:
+            # Counting imports torch._dynamo (seconds); a sweep counts once, in the driver.
+            flops = {key: hardware.flops_per_sample(model, ds.input_shape, ds.num_classes,
+                                                    device, dtype=dtype)}
+        flops = flops[key]
+        trace.mark("setup_flops")
+        conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        channels_last = spec.channels_last is True or (
+            spec.channels_last == "auto" and device.type == "cuda" and conv)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        env = {f"env_{k}": v for k, v in fingerprint(device).items()}
+        peak = hardware.peak_tflops(env["env_gpu_name"],
+                                    hardware.math_precision(spec.precision, conv), peak_tflops)
+        _check_measurable(require, peak=peak, hour_usd=hour_usd, device=device,
+                          two_class=ds.num_classes == 2, gpu=env["env_gpu_name"])
+    except Exception as err:  # noqa: BLE001 - raised below, after `ready` has seen it
+        error = err
+    if ready is not None:
+        ready(error)
+    if error is not None:
+        raise error
     if wrap is not None:
-        model = wrap(model)
+        model = wrap(model)  # DDP: the first collective call
     if spec.compile:
         model = torch.compile(model)
     steps = math.ceil(math.ceil(len(ds.train) / world) / per_rank)
@@ -305,11 +336,6 @@ def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = N
         opt.load_state_dict(state["optimizer"])
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
-    env = {f"env_{k}": v for k, v in fingerprint(device).items()}
-    peak = hardware.peak_tflops(env["env_gpu_name"], hardware.math_precision(spec.precision, conv),
-                                peak_tflops)
-    _check_measurable(require, peak=peak, hour_usd=hour_usd, device=device,
-                      two_class=ds.num_classes == 2, gpu=env["env_gpu_name"])
     lw = data_spec.loader_workers if loader_workers is None else loader_workers
     fast = {"precision": spec.precision, "memory_format": fmt}
     if spec.compile:

@@ -12,6 +12,7 @@ a pool's relay never imports torch.
 from __future__ import annotations
 
 import io
+import json
 import posixpath
 import tempfile
 import threading
@@ -93,8 +94,10 @@ def _train_here(job: dict, extra: dict) -> None:
 def _relay(job: dict, extra: dict, coordinator) -> None:
     """Hand the job to this node's pool for its world size; report its epochs to Tune."""
     res = job["resources"]
-    key = PoolKey(res.num_workers, res.gpus_per_worker if res.use_gpu else 0.0,
-                  ray.util.get_node_ip_address())
+    # A CPU pool runs beside its trials, on the CPUs they hold; a GPU pool wherever
+    # its GPUs are.
+    key = PoolKey(res.num_workers, res.gpus_per_worker, "") if res.use_gpu else \
+        PoolKey(res.num_workers, 0.0, ray.util.get_node_ip_address())
     ray.get(coordinator.submit.remote(key, job))
     trace.mark("job_submitted")
     stop = threading.Event()
@@ -113,7 +116,7 @@ def _relay(job: dict, extra: dict, coordinator) -> None:
             if event[0] == "epoch":
                 trace.mark("event_received")
                 _report(event[1] | extra, event[2] or None)  # SystemExit here: Tune stopped us
-                coordinator.answer.remote(job["id"], event[1]["epoch"], True)
+                coordinator.answer.remote(job["id"], event[1]["epoch"])
                 continue
             over = True
             if event[0] == "error":
@@ -150,22 +153,28 @@ def last_state(checkpoint) -> bytes | None:
 
 
 def newest_checkpoint(filesystem: fs.FileSystem, trial_path: str) -> dict[str, bytes] | None:
-    """{file: bytes} of the newest checkpoint in a trial folder that reads whole (a
-    kill can cut the last one short); None if there is none."""
+    """{file: bytes} of the checkpoint in a trial folder that reads whole (a kill can
+    cut the last one short) and holds the most epochs; None if there is none. By
+    epochs, not by name: a resumed trial numbers its checkpoints from Tune's record."""
     try:
         infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
     except (OSError, ValueError):
         return None
-    names = sorted((i.base_name for i in infos if i.type == fs.FileType.Directory
-                    and i.base_name.startswith("checkpoint_")), reverse=True)
-    for name in names:
+    best, best_epoch = None, -1
+    for info in infos:
+        if info.type != fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
         try:
             files = {}
             for f in (STATE_FILE, HISTORY_FILE):
-                with filesystem.open_input_stream(posixpath.join(trial_path, name, f)) as s:
+                with filesystem.open_input_stream(posixpath.join(info.path, f)) as s:
                     files[f] = s.read()
-            if zipfile.ZipFile(io.BytesIO(files[STATE_FILE])).testzip() is None:
-                return files
-        except (OSError, zipfile.BadZipFile):
+            history = json.loads(files[HISTORY_FILE])
+            if zipfile.ZipFile(io.BytesIO(files[STATE_FILE])).testzip() is not None:
+                continue
+        except (OSError, ValueError, zipfile.BadZipFile):
             continue
-    return None
+        epoch = history[-1]["epoch"] if history else 0
+        if epoch > best_epoch:
+            best, best_epoch = files, epoch
+    return best

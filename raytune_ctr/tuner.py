@@ -8,8 +8,8 @@ Tune reuses trial processes, so a trial costs its training, not a process start.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import hashlib
 import logging
 import os
 import posixpath
@@ -21,14 +21,18 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ctr import data, trial
 from raytune_ctr import spec as spec_lib
+from raytune_ctr.errors import one_line
 from raytune_ctr.spec import Spec, SpecError
 from raytune_ctr.train import FACTS, HISTORY_FILE, METRICS
 
 # Train V2 polls its workers every 2 s by default; a pool's controller polls them so
 # a dead worker is seen at once. On one node the preemption watcher is an idle process.
+# cuBLAS reads its workspace setting once per process, and a reused trial process
+# may have started cuBLAS for an earlier trial: set the deterministic one for all.
+TRIAL_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-CLUSTER_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"} | TRIAL_ENV
+CLUSTER_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"} | TRIAL_ENV
 
 
 def smoke(spec: Spec) -> Spec:
@@ -52,44 +56,46 @@ def smoke(spec: Spec) -> Spec:
 
 
 def _coordinator_name(storage: str) -> str:
-    """One coordinator per results folder: a resumed sweep's callback finds the new one."""
-    return "raytune_ctr-" + hashlib.sha1(storage.encode()).hexdigest()[:12]
+    """The sweep's coordinator is named after its results folder, so the callback of
+    a resumed sweep (pickled with Tune's state) finds the new one."""
+    return "raytune_ctr-" + posixpath.basename(storage.rstrip("/"))
 
 
 NAMESPACE = "raytune_ctr"
-POOL_START_S = 300  # a pool slower than this to start is not waited for
 log = logging.getLogger(__name__)
 
 
 def _coordination(spec: Spec, coordinator_name: str):
     """A Tune callback in the driver that keeps the coordinator (pool.py) informed:
     Tune's failure count per trial (so a restarted trial reports `retries` and
-    `retry_error`); the first trial of a world size, so its CPU pool starts while
-    the trial still waits (one node only: a pool runs on its trial's node); and
-    the pools no live trial needs any more, which stop."""
+    `retry_error`), and the live trials of each size, so that pools no trial needs
+    any more stop."""
     import ray
     from ray import tune
-
-    from raytune_ctr import pool
 
     total = len(spec.grid_points()) * spec.search.num_samples \
         if spec.search.method == "grid" else spec.search.num_samples
 
     class Coordination(tune.Callback):
         def __init__(self):
-            self._seeded, self._last, self._seen, self._handle = False, 0.0, set(), None
+            self._seeded, self._last, self._handle = False, 0.0, None
 
         def __getstate__(self):  # saved with the run config; the handle is this run's
             return self.__dict__ | {"_handle": None}
 
         def _coordinator(self):
             if self._handle is None:
-                self._handle = ray.get_actor(coordinator_name, namespace=NAMESPACE)
+                try:
+                    self._handle = ray.get_actor(coordinator_name, namespace=NAMESPACE)
+                except ValueError:
+                    log.warning("no coordinator %s: retries and pool stops go unrecorded",
+                                coordinator_name)
             return self._handle
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            ray.get(self._coordinator().record_failure.remote(
-                trial.trial_id, trial.num_failures, _trial_error(trial)))
+            if (c := self._coordinator()) is not None:
+                ray.get(c.record_failure.remote(trial.trial_id, trial.num_failures,
+                                                _trial_error(trial)))
 
         def on_step_begin(self, iteration, trials, **info):
             if not self._seeded:  # a resumed sweep: failures from before the interruption
@@ -97,25 +103,15 @@ def _coordination(spec: Spec, coordinator_name: str):
                 for t in trials:
                     if t.num_failures:
                         self.on_trial_recover(iteration, trials, t)
-            for t in trials:
-                if t.trial_id in self._seen:
-                    continue
-                self._seen.add(t.trial_id)
-                _, res = spec.resolve(t.config)
-                if res.num_workers > 1 and not res.use_gpu and t.status == "PENDING":
-                    nodes = [n for n in ray.nodes() if n.get("Alive")]
-                    if len(nodes) == 1:
-                        self._coordinator().start.remote(pool.PoolKey(
-                            res.num_workers, 0.0, ray.util.get_node_ip_address()))
-            if time.monotonic() - self._last < 1.0:
+            if time.monotonic() - self._last < 1.0 or (c := self._coordinator()) is None:
                 return
             self._last = time.monotonic()
-            needed = set()
+            needed = collections.Counter()
             for t in trials:
                 if t.status in ("PENDING", "RUNNING", "PAUSED"):
                     _, res = spec.resolve(t.config)
-                    needed.add((res.num_workers, res.gpus_per_worker if res.use_gpu else 0.0))
-            self._coordinator().retire.remote(sorted(needed), len(trials) >= total)
+                    needed[(res.num_workers, res.gpus_per_worker if res.use_gpu else 0.0)] += 1
+            c.retire.remote(dict(needed), len(trials) >= total)
 
     return Coordination()
 
@@ -128,10 +124,10 @@ def _trial_error(t) -> str:
     try:
         if t.pickled_error_file and os.path.exists(t.pickled_error_file):
             with open(t.pickled_error_file, "rb") as f:
-                return _error_line(cloudpickle.load(f))
+                return one_line(cloudpickle.load(f))
         if t.error_file and os.path.exists(t.error_file):
             last = Path(t.error_file).read_text().split("Failure # ")[-1]
-            return _error_line(RuntimeError(last.split("\n", 1)[-1]))
+            return one_line(RuntimeError(last.split("\n", 1)[-1]))
     except Exception:  # noqa: BLE001 - the count matters more than the text
         pass
     return ""
@@ -305,8 +301,12 @@ def _start_coordinator(spec: Spec, storage: str):
 
     from raytune_ctr import pool
 
-    coordinator = pool.Coordinator.options(name=_coordinator_name(storage),
-                                           namespace=NAMESPACE).remote(storage)
+    name = _coordinator_name(storage)
+    try:
+        coordinator = pool.Coordinator.options(name=name, namespace=NAMESPACE).remote(storage)
+    except ValueError:  # the name is taken
+        raise SpecError("--name", "a sweep of that name is running on this Ray cluster",
+                        posixpath.basename(storage.rstrip("/"))) from None
     if len([n for n in ray.nodes() if n.get("Alive")]) == 1:
         ip = ray.util.get_node_ip_address()
         worlds = {r.num_workers for r in spec_lib.all_resources(spec)
@@ -321,9 +321,11 @@ def _wait_for_pools(coordinator) -> None:
     that would slow the trials training beside it, and skew their timings."""
     import ray
 
-    if not ray.get(coordinator.wait_up.remote(POOL_START_S)):
+    from raytune_ctr import pool
+
+    if not ray.get(coordinator.wait_up.remote(pool.POOL_START_S)):
         log.warning("worker pools not up after %d s; starting the trials anyway",
-                    POOL_START_S)
+                    pool.POOL_START_S)
 
 
 def _stop_coordinator(coordinator) -> None:
@@ -421,7 +423,7 @@ def resume_sweep(spec: Spec, run_dir: Path, *, storage: str | None = None,
                                        resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
         except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
-            raise SpecError("--resume", f"Tune cannot restore {storage} ({_error_line(err)})",
+            raise SpecError("--resume", f"Tune cannot restore {storage} ({one_line(err)})",
                             run_dir.name) from None
         _wait_for_pools(coordinator)
         grid = tuner.fit()
@@ -453,16 +455,6 @@ def _tables(grid, spec: Spec, run_dir: Path) -> pd.DataFrame:
     if spec.search.method != "optuna":
         record_optuna_study(df, spec, run_dir)
     return df
-
-
-def _error_line(err: BaseException) -> str:
-    """The most specific line of a (possibly wrapped, multi-line) trial error."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        head = ln.split(":", 1)[0]
-        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
-            return ln
-    return lines[-1] if lines else type(err).__name__
 
 
 def checkpointed_epochs(result) -> list[dict]:
@@ -503,7 +495,7 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
         epochs = [by_epoch[k] for k in sorted(by_epoch)]
         last = max((e["epoch"] for e in epochs), default=0)
         if r.error is not None:
-            status, error = "FAILED", _error_line(r.error)
+            status, error = "FAILED", one_line(r.error)
         else:
             status, error = ("COMPLETED" if last >= train.epochs else "STOPPED"), ""
         base |= {"status": status, "error": error}

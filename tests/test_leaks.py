@@ -78,11 +78,11 @@ def test_a_sweep_with_stopped_trials_leaves_nothing(cluster, write_spec, tmp_pat
         "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
         "train": {"model": "mlp", "hidden": [32], "epochs": 6, "optimizer": "adam",
                   "lr_schedule": "none"},
-        "search": {"method": "optuna", "num_samples": 8, "seed": 3,
-                   "objectives": {"test_acc": "max"}, "scheduler": "asha",
+        # Four learning rates that learn and four that barely move: ASHA stops some.
+        "search": {"method": "grid", "objectives": {"test_acc": "max"}, "scheduler": "asha",
                    "asha": {"time_attr": "epoch", "grace_period": 1, "reduction_factor": 2},
-                   "space": {"lr": {"loguniform": [1.0e-4, 1.0e-1]},
-                             "num_workers": {"choice": [1, 2]}}},
+                   "grid": {"lr": [1.0e-2, 3.0e-3, 1.0e-5, 3.0e-6],
+                            "num_workers": [1, 2]}},
     })
     proc = subprocess.run([sys.executable, "experiments/sweep.py", "--config", spec,
                            "--address", address, "--storage-path", tmp_path / "res",

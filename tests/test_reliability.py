@@ -170,3 +170,31 @@ def test_killed_train_worker_restarts_the_trial_from_its_checkpoint(write_spec, 
     text = (run / "report.md").read_text()
     recovered = text.split("## Recovered trials", 1)[1].split("##", 1)[0]
     assert "COMPLETED" in recovered and "_none_" not in recovered
+
+
+def test_killed_trial_process_of_a_ddp_trial_restarts_it_on_the_same_pool(write_spec, tmp_path):
+    """The trial's own process (it relays a 2-worker trial's epochs from the pool)
+    dies: Tune restarts the trial from its checkpoint, and the pool drops the
+    orphaned job and serves the restarted one."""
+    spec = write_spec({
+        "name": "relay-kill",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [64], "epochs": 20, "optimizer": "adam", "lr": 1e-3,
+                  "lr_schedule": "none"},
+        "resources": {"num_workers": 2},
+        "search": {"method": "grid", "max_failures": 1},
+    })
+    run = tmp_path / "res" / "relay"
+    proc = sweep("--config", spec, "--storage-path", tmp_path / "res", "--name", "relay")
+    wait_for(lambda: max(checkpoints(run).values(), default=0) >= 4, proc, "epoch 4")
+    relays = [p for p in descendants(proc.pid) if title(p).startswith("ray::ImplicitFunc")]
+    assert len(relays) == 1, [title(p) for p in descendants(proc.pid)]
+    os.kill(relays[0], signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+
+    df = trials(run)
+    assert df["epoch"].tolist() == list(range(1, 21)) and set(df["status"]) == {"COMPLETED"}
+    assert df["retries"].max() == 1 and df["resumed_from_epoch"].max() >= 1
+    assert df["retry_error"].iloc[-1]  # the dead process, in a line
+    assert df["test_acc"].iloc[-1] > 90.0

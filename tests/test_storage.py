@@ -46,7 +46,3 @@ def test_download_fills_in_a_local_copy_without_overwriting(tmp_path):
     assert (local / "spec.yaml").read_text() == "name: mine\n"
     assert (local / "optuna.db").read_text() == "db"
     assert not (local / "train").exists()  # checkpoints stay where the trials read them
-    uri = f"file://{remote}/train/t1"
-    assert storage.subfolders(uri) == ["epoch_0002"] == storage.subfolders(str(remote / "train/t1"))
-    assert storage.subfolders(f"file://{remote}/nothing") == []
-    assert storage.read_text(f"{uri}/epoch_0002/history.json") == "[]"

@@ -167,3 +167,17 @@ def test_deterministic_switches_torch_to_deterministic_kernels_and_back(digits_d
     assert torch.are_deterministic_algorithms_enabled()
     fit(DataSpec(data_dir=digits_dir), dataclasses.replace(spec, deterministic=False))
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_reused_process_measures_each_trials_own_peak_memory(digits_dir):
+    """peak_rss_mb is the trial's own: a bigger earlier trial in the same process
+    (a reused trial process) does not carry over."""
+    import numpy as np
+
+    def peak():
+        return fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1))[0]["peak_rss_mb"]
+
+    alone = peak()
+    big = np.ones(600 * 2**20 // 8)  # an earlier trial's 600 MiB, freed below
+    del big
+    assert peak() < alone + 100, alone

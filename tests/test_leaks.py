@@ -31,10 +31,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def cluster():
-    """A real head node on 2 CPUs, started apart from any sweep; yields (address, state API)."""
+def cluster(request):
+    """A real head node (2 CPUs, or as the test's `cpus` marker says), started apart
+    from any sweep; yields (address, state API)."""
+    marker = request.node.get_closest_marker("cpus")
     port, dash = free_port(), free_port()
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2",
+    subprocess.run([RAY, "start", "--head", f"--port={port}",
+                    f"--num-cpus={marker.args[0] if marker else 2}",
                     "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats"],
                    check=True, capture_output=True, timeout=120, env=os.environ.copy())
     try:
@@ -94,6 +97,31 @@ def test_a_sweep_with_stopped_trials_leaves_nothing(cluster, write_spec, tmp_pat
     workers = df.groupby("trial_index")["num_workers"].first()
     assert len(status) == 8 and set(status) <= {"COMPLETED", "STOPPED"}  # none lost
     assert (status == "STOPPED").sum() >= 2 and set(workers) == {1, 2}
+    assert settled(api) == {"placement groups": [], "actors": [], "processes": []}
+
+
+@pytest.mark.cpus(4)
+def test_ddp_trials_side_by_side_get_a_pool_each_and_leave_nothing(cluster, write_spec, tmp_path):
+    """4 CPUs as Ray sees them: two 2-worker trials fit at once, and each gets its own
+    pool (one pool would serve them one after the other)."""
+    address, api = cluster
+    spec = write_spec({
+        "name": "pools",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [32], "epochs": 8, "optimizer": "adam",
+                  "lr_schedule": "none"},
+        "resources": {"num_workers": 2},
+        "search": {"method": "grid", "grid": {"seed": [0, 1, 2]}},
+    })
+    proc = subprocess.run([sys.executable, "experiments/sweep.py", "--config", spec,
+                           "--address", address, "--storage-path", tmp_path / "res",
+                           "--name", "pools"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "res" / "pools" / "trials.parquet")
+    assert set(df["status"]) == {"COMPLETED"} and df["trial_index"].nunique() == 3
+    # Every pool is a Train run of its own, kept under the results folder.
+    assert len(list((tmp_path / "res" / "pools" / "pools").glob("pool-2w-*"))) >= 2
     assert settled(api) == {"placement groups": [], "actors": [], "processes": []}
 
 

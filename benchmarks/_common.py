@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from raytune_ctr import plan, tuner
 from raytune_ctr import spec as spec_lib
-from raytune_ctr import tuner
 
 _ray_started = False
 
@@ -23,7 +23,7 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
     if not _ray_started:
         tuner.init_ray(None)
         _ray_started = True
-    concurrency = tuner.plan(spec)
+    concurrency = plan.plan(spec)
     tuner.prepare_data(spec)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / spec.name

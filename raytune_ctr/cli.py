@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from raytune_ctr import report
+from raytune_ctr import plan, report
 from raytune_ctr import spec as spec_lib
 from raytune_ctr import storage as storage_lib
-from raytune_ctr.data import DataError
-from raytune_ctr.spec import SpecError
+from raytune_ctr.errors import DataError, SpecError, one_line
 
 # Relative to where you run it (the repository root, or /app in the image).
 DEFAULT_CONFIG = "experiments/configs/quickstart.yaml"
@@ -70,7 +69,7 @@ def _results_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
     try:
         taken = run_dir if run_dir.exists() else uri if uri and storage_lib.exists(uri) else None
     except (OSError, ValueError) as err:  # unknown scheme, no credentials, no network
-        raise SpecError("--storage-path", f"cannot use it ({str(err).splitlines()[0]})",
+        raise SpecError("--storage-path", f"cannot use it ({one_line(err)})",
                         storage_path) from None
     if taken:
         raise SpecError("--name", f"results folder {taken} already exists; "
@@ -89,7 +88,7 @@ def _resume_folders(storage_path: str, name: str) -> tuple[Path, str | None]:
             storage_lib.download(uri, run_dir)  # spec.yaml and optuna.db, if not here
         resumable = tuner.can_resume(where)
     except (OSError, ValueError) as err:
-        raise SpecError("--storage-path", f"cannot use it ({str(err).splitlines()[0]})",
+        raise SpecError("--storage-path", f"cannot use it ({one_line(err)})",
                         storage_path) from None
     if not (run_dir / "spec.yaml").is_file() or not resumable:
         raise SpecError("--resume", f"no interrupted sweep at {where} (nothing was changed)", name)
@@ -115,7 +114,7 @@ def sweep(args: argparse.Namespace) -> int:
         run_dir, uri = _results_folders(args.storage_path, name)
         source = tuner.prepare_data(spec)
         tuner.init_ray(args.address, verbose=args.verbose)
-        concurrency = tuner.plan(spec)
+        concurrency = plan.plan(spec)
     except (SpecError, DataError) as err:
         return _fail(str(err))
     log.info("data: %s; running up to %d trials at once", source, concurrency)
@@ -147,7 +146,7 @@ def resume(args: argparse.Namespace) -> int:
                             "resume on the machine and folder the sweep started in", args.resume)
         source = tuner.prepare_data(spec)
         tuner.init_ray(args.address, verbose=args.verbose)
-        tuner.plan(spec)
+        plan.plan(spec)
     except (SpecError, DataError) as err:
         return _fail(str(err))
     log.info("data: %s; resuming %s", source, uri or run_dir)

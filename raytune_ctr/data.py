@@ -15,14 +15,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
-from raytune_ctr.errors import DataError, SpecError
-from raytune_ctr.spec import DataSpec
+from raytune_ctr.errors import DataError, SpecError, one_line
+
+if TYPE_CHECKING:  # the spec sits above the registries: it asks them whether names exist
+    from raytune_ctr.spec import DataSpec
 
 log = logging.getLogger(__name__)
 # Debian's dataset-fashion-mnist package; looked at after data_dir.
@@ -273,7 +276,7 @@ def _download_idx(name: str, spec: DataSpec) -> Path:
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
     except Exception as err:  # torchvision raises RuntimeError/URLError when offline
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = one_line(err)
         raise DataError(f"dataset {name!r}: no IDX files in {looked} and the download failed "
                         f"({reason}); {hint}put the four IDX files (.gz or raw) in {root}, "
                         "or set data.data_dir") from None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raytune_ctr.spec import SpecError
+from raytune_ctr.errors import SpecError
 
 Shape = tuple[int, int, int]  # C, H, W
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}

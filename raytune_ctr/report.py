@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from raytune_ctr import metrics
 from raytune_ctr import spec as spec_lib
+from raytune_ctr.metrics import MEASURED, RESULTS
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -199,6 +201,11 @@ def recovered_table(df: pd.DataFrame) -> pd.DataFrame:
     return out[hit]
 
 
+def _notes(*names: str) -> str:
+    """What the columns mean, from the metrics table."""
+    return "".join(f"- {metrics.note(n)}\n" for n in names) + "\n"
+
+
 def _md(table: pd.DataFrame, index: bool = True) -> str:
     if table.empty:
         return "_none_\n"
@@ -288,10 +295,14 @@ def build(run_dir: Path) -> Path:
     md.append("## Test loss by epoch\n")
     md.append(_md(by_epoch(df, "test_loss", 4)))
     md.append("## Time\n")
-    md.append(f"Train time counts the training passes only (no start-up, no evaluation). "
-              f"Speedup is s/epoch against **{base}**.\n\n" if base else "")
+    md.append(_notes("epoch_time_s", "train_time_s", "samples_per_s", "peak_memory_mb",
+                     "cost_usd"))
+    md.append(f"Speedup is s/epoch against **{base}**.\n\n" if base else "")
     md.append(_md(times))
     md.append("## Hardware per trial\n")
+    md.append(_notes("samples_per_s", "data_time_s", "setup_time_s", "wall_time_s",
+                     "peak_rss_mb", "peak_cuda_mb", "flops_per_sample", "tflops", "mfu",
+                     "gpu_util"))
     md.append(_md(hardware_table(df)))
     md.append("## Recovered trials\n")
     md.append("Restarted from their last epoch checkpoint after a Train worker died, or "
@@ -307,13 +318,6 @@ def build(run_dir: Path) -> Path:
     out = run_dir / "report.md"
     out.write_text("\n".join(md))
     return out
-
-
-# What the same spec and seed must reproduce exactly; the rest of the metrics
-# are measurements (time, memory, utilization) that vary from run to run.
-REPRODUCIBLE = ("train_loss", "train_acc", "test_loss", "test_acc", "test_f1",
-                "flops_per_sample")
-TIMING = ("epoch_time_s", "train_time_s", "samples_per_s", "setup_time_s", "peak_rss_mb")
 
 
 def _keyed(run_dir: Path) -> pd.DataFrame:
@@ -345,7 +349,7 @@ def compare(dir_a: Path, dir_b: Path) -> tuple[str, bool]:
     both = a.index.intersection(b.index)
     lines.append(f"{len(both)} epoch rows of {a.loc[both, 'trial_index'].nunique()} trials "
                  "in both")
-    cols = ["full_config", "status", "error", *[c for c in REPRODUCIBLE if c in a and c in b]]
+    cols = ["full_config", "status", "error", *[c for c in RESULTS if c in a and c in b]]
     for col in cols:
         x, y = a.loc[both, col], b.loc[both, col]
         diff = ~((x == y) | (x.isna() & y.isna()))
@@ -357,7 +361,7 @@ def compare(dir_a: Path, dir_b: Path) -> tuple[str, bool]:
     if same:
         lines.append(f"results identical: {', '.join(cols)}")
     ratios = [f"{c} {(b.loc[both, c] / a.loc[both, c]).median():.3g}"
-              for c in TIMING if c in a and c in b and a.loc[both, c].notna().any()]
+              for c in MEASURED if c in a and c in b and a.loc[both, c].notna().any()]
     if ratios:
         lines.append("timing, median B/A (expected to vary): " + ", ".join(ratios))
     env = sorted(c for c in set(a.columns) | set(b.columns) if c.startswith("env_"))

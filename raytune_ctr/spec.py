@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +30,7 @@ from pydantic import ValidationError as _PydanticError
 from pydantic.dataclasses import dataclass
 
 from raytune_ctr.errors import SpecError
+from raytune_ctr.metrics import METRICS, unmeasurable
 
 _STRICT = ConfigDict(extra="forbid")
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
@@ -401,8 +401,6 @@ def _check(spec: Spec, saved: bool = False) -> None:
         raise SpecError("search.space", f"a {s.method} search needs at least one dimension", {})
     if not s.objectives:
         raise SpecError("search.objectives", "needs at least one metric", {})
-    from raytune_ctr.train import METRICS
-
     for metric in s.objectives:
         if metric not in METRICS:
             raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
@@ -450,20 +448,15 @@ def _check_prices(r: ResourceSpec) -> None:
         raise SpecError("resources.market", "spot needs resources.spot_node_hour_usd", "spot")
 
 
-# Metrics some trials cannot report: an objective must be one every trial reports,
-# or Tune stops the sweep at the first result without it.
-GPU_ONLY = {"gpu_util", "peak_cuda_mb"}
-
-
 def unmeasured(metric: str, trials: list[tuple[TrainSpec, ResourceSpec]]) -> str | None:
-    """Why some of these trials would not report `metric`, or None."""
+    """Why some of these trials would not report `metric`, or None. An objective must
+    be one every trial reports, or Tune stops the sweep at the first result without it.
+    A GPU's peak and a dataset's classes are only known when the trial runs."""
     for _, r in trials:
-        if metric == "cost_usd" and r.hour_usd is None:
-            kind = "GPU" if r.use_gpu else "CPU"
-            return (f"needs a {kind} node price for every trial: set resources."
-                    f"{'spot_' if r.market == 'spot' else ''}node_hour_usd.{kind.lower()}")
-        if (metric in GPU_ONLY or metric == "mfu" and r.peak_tflops is None) and not r.use_gpu:
-            return "is measured on a GPU only, and a trial has use_gpu: false"
+        why = unmeasurable(metric, gpu=r.use_gpu, peak=r.use_gpu or r.peak_tflops is not None,
+                           priced=r.hour_usd is not None, market=r.market)
+        if why:
+            return why
     return None
 
 
@@ -494,64 +487,3 @@ def all_trials(spec: Spec) -> list[tuple[TrainSpec, ResourceSpec]]:
 
 def all_resources(spec: Spec) -> list[ResourceSpec]:
     return [r for _, r in all_trials(spec)]
-
-
-def plan_concurrency(spec: Spec, cluster: dict[str, float], nodes: list[dict[str, float]]) -> int:
-    """How many trials may run at once; raises `SpecError` when a trial can never fit.
-
-    A trial's Tune actor reserves every CPU its workers use as one bundle, on one
-    node (a multi-worker trial's DDP workers run beside it, holding only a token),
-    so no trial ever holds part of what another needs: trials that do not fit side
-    by side wait for their turn. Tune may start as many trials as the smallest fit side by
-    side are started at once.
-    """
-    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    node_cpus = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
-    node_gpus = max((n.get("GPU", 0.0) for n in nodes), default=gpus)
-    fits = []
-    for res in all_resources(spec):
-        need_cpu = res.num_workers * res.worker_cpus
-        need_gpu = res.num_workers * res.gpus_per_worker if res.use_gpu else 0.0
-        if res.use_gpu and gpus == 0:
-            raise SpecError("resources.use_gpu", "the cluster has no GPU", True)
-        if res.worker_cpus > node_cpus:
-            raise SpecError("resources.cpus_per_worker",
-                            f"no node has that many CPUs (largest: {node_cpus:g})",
-                            res.worker_cpus)
-        if res.use_gpu and res.gpus_per_worker > node_gpus:
-            raise SpecError("resources.gpus_per_worker",
-                            f"no node has that many GPUs (largest: {node_gpus:g})",
-                            res.gpus_per_worker)
-        where = "the cluster has" if len(nodes) <= 1 else "a trial's workers share one node; the largest has"
-        if need_cpu > node_cpus + 1e-9:
-            raise SpecError("resources.num_workers",
-                            f"{res.num_workers} workers x {res.worker_cpus:g} CPUs need "
-                            f"{need_cpu:g} CPUs but {where} {node_cpus:g}", res.num_workers)
-        if need_gpu > node_gpus + 1e-9:
-            raise SpecError("resources.num_workers",
-                            f"{res.num_workers} workers x {res.gpus_per_worker:g} GPUs need "
-                            f"{need_gpu:g} GPUs but {where} {node_gpus:g}", res.num_workers)
-        if res.max_memory_gb is not None:
-            node_mem = max((n.get("memory", 0.0) for n in nodes), default=0.0) / 2**30
-            if node_mem and res.max_memory_gb > node_mem:
-                raise SpecError("resources.max_memory_gb", f"no node has that much memory for "
-                                f"Ray to give (largest: {node_mem:.1f} GB)", res.max_memory_gb)
-        fit = sum(math.floor(n.get("CPU", 0.0) / need_cpu + 1e-9) for n in nodes) \
-            if nodes else math.floor(cpus / need_cpu + 1e-9)
-        if need_gpu:
-            fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
-        if res.max_memory_gb and cluster.get("memory"):
-            # The trial's actor reserves all its workers' memory, on its one node.
-            need_mem = res.num_workers * res.max_memory_gb
-            slots = sum(math.floor(n.get("memory", 0.0) / 2**30 / need_mem + 1e-9)
-                        for n in nodes)
-            if slots < 1:
-                raise SpecError("resources.max_memory_gb", f"{res.num_workers} workers x "
-                                f"{res.max_memory_gb:g} GB do not fit on one node: a trial's "
-                                f"workers share one, and the largest gives Ray "
-                                f"{node_mem:.1f} GB", res.max_memory_gb)
-            fit = min(fit, slots)
-        fits.append(fit)
-    if spec.train.deterministic and spec.search.method == "optuna":
-        return 1  # TPE's suggestions depend on the order results come back in
-    return max(1, min(max(fits), spec.search.max_concurrent or max(fits)))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from raytune_ctr.data import DataError
+from raytune_ctr.errors import DataError
 
 MRPC_HUB = ("nyu-mll/glue", "mrpc")
 MRPC_FILES = ("train.tsv", "dev.tsv")  # GLUE's own layout; dev is the scored split

@@ -2,26 +2,11 @@
 process, each rank of a multi-worker trial in its Ray Train worker (pool.py);
 tests and benchmarks call it directly on plain torch.
 
-Each epoch reports (global over all workers):
-    epoch, train_loss, train_acc, test_loss, test_acc (percent),
-    test_f1 (percent, positive class 1; two-class tasks only),
-    epoch_time_s   training pass only, read after the GPU has synchronized
-    train_time_s   sum of epoch_time_s so far: the clock objectives and ASHA use
-    data_time_s    part of epoch_time_s spent waiting for batches
-    eval_time_s, setup_time_s (data + model build, once), samples_per_s,
-    wall_time_s    set-up plus every epoch's training and evaluation so far, over
-                   restarts (not counted: Ray's start-up, checkpoint writes)
-    peak_rss_mb (largest worker), peak_cuda_mb (GPU only), peak_memory_mb (the
-    device's: CUDA on a GPU, else host RSS; the memory objective), all in MiB,
-    flops_per_sample (training, counted once), tflops (achieved), mfu (against the
-    device's peak: TF32's for fp32 conv nets; absent when unknown), gpu_util (NVML
-    %, GPU only), cost_usd (wall_time_s x the trial's share of a node's hourly
-    price, when a price is set),
-plus the worker's environment fingerprint as env_* strings, and
-    resumed_from_epoch (0 unless this run continued from a checkpoint).
-
-Every epoch also hands `report` the trial's whole state (model, optimizer,
-scheduler, RNG), so a run can stop anywhere and continue bit for bit.
+Each epoch reports the metrics of `metrics.METRICS` (global over all workers; those
+a run cannot measure are absent, never 0), the facts of `metrics.FACTS`, and the
+worker's environment fingerprint as env_* strings. It also hands `report` the
+trial's whole state (model, optimizer, scheduler, RNG), so a run can stop anywhere
+and continue bit for bit.
 """
 
 from __future__ import annotations
@@ -43,21 +28,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from raytune_ctr import data, hardware, models, trace
+from raytune_ctr import data, hardware, metrics, models, trace
 from raytune_ctr.fingerprint import fingerprint
 from raytune_ctr.spec import DataSpec, TrainSpec
-
-METRICS = {
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_f1", "epoch_time_s",
-    "train_time_s", "data_time_s", "eval_time_s", "setup_time_s", "wall_time_s", "samples_per_s",
-    "peak_rss_mb", "peak_cuda_mb", "peak_memory_mb", "flops_per_sample", "tflops", "mfu", "gpu_util",
-    "cost_usd",
-}
-# What the fast path chose for a trial (auto settings resolved), kept beside the metrics.
-# `retries` (Tune's count of the trial's failures so far) and `retry_error` (the last
-# one's error) are added by the trial (trial.py).
-FACTS = {"data_on_device_used", "channels_last_used", "resumed_from_epoch", "retries",
-         "retry_error"}
 
 
 @functools.cache
@@ -242,14 +215,12 @@ def _warm_up(model: nn.Module, ds, batch_size: int, device: torch.device, fast: 
 
 
 def _check_measurable(require, *, peak, hour_usd, device, two_class, gpu) -> None:
-    why = {"mfu": None if peak else f"no known peak TFLOP/s for {gpu!r}; set resources.peak_tflops",
-           "cost_usd": None if hour_usd is not None else "no node price for this trial",
-           "gpu_util": None if device.type == "cuda" else "GPU only",
-           "peak_cuda_mb": None if device.type == "cuda" else "GPU only",
-           "test_f1": None if two_class else "two-class datasets only"}
     for metric in require:
-        if why.get(metric):
-            raise ValueError(f"objective {metric} cannot be measured here: {why[metric]}")
+        why = metrics.unmeasurable(metric, gpu=device.type == "cuda", peak=bool(peak),
+                                   priced=hour_usd is not None, two_class=two_class,
+                                   gpu_name=gpu)
+        if why:
+            raise ValueError(f"objective {metric} cannot be measured here: {why}")
 
 
 def peak_rss_mb() -> float:

@@ -25,22 +25,10 @@ from pyarrow import fs
 
 from raytune_ctr import trace
 from raytune_ctr.pool import PoolKey
-from raytune_ctr.spec import ResourceSpec, Spec
+from raytune_ctr.spec import Spec
 
 STATE_FILE, HISTORY_FILE = "state.pt", "history.json"  # as train.state_files writes them
 DIR_PREFIX = "trial_"  # a trial's folder is trial_<trial id>
-
-
-def resources(res: ResourceSpec) -> dict[str, float]:
-    """What a trial's Tune actor reserves: every CPU (and memory) its workers use; the
-    GPUs too when it trains itself (a pool's workers hold their own GPUs)."""
-    n = res.num_workers
-    req = {"CPU": n * res.worker_cpus}
-    if res.use_gpu and n == 1:
-        req["GPU"] = res.gpus_per_worker
-    if res.max_memory_gb:
-        req["memory"] = n * res.max_memory_gb * 2**30  # Ray counts memory in bytes
-    return req
 
 
 def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) -> None:

@@ -19,11 +19,12 @@ from pathlib import Path
 import pandas as pd
 from ray.tune.search.optuna import OptunaSearch
 
-from raytune_ctr import data, trial
+from raytune_ctr import data, plan, trial
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import one_line
+from raytune_ctr.metrics import FACTS, METRICS
 from raytune_ctr.spec import Spec, SpecError
-from raytune_ctr.train import FACTS, HISTORY_FILE, METRICS
+from raytune_ctr.train import HISTORY_FILE
 
 # Train V2 polls its workers every 2 s by default; a pool's controller polls them so
 # a dead worker is seen at once. On one node the preemption watcher is an idle process.
@@ -265,16 +266,8 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
         _OWN_CLUSTER = address is None
     except (ConnectionError, RuntimeError, ValueError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SpecError("--address", f"cannot reach a Ray cluster there ({msg})", address) from None
-
-
-def plan(spec: Spec) -> int:
-    """Check the spec against the running cluster; return how many trials may run at once."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    return spec_lib.plan_concurrency(spec, ray.cluster_resources(), nodes)
+        raise SpecError("--address", f"cannot reach a Ray cluster there ({one_line(err)})",
+                        address) from None
 
 
 def _trainable(spec: Spec, coordinator, flops: dict[str, float]):
@@ -282,7 +275,7 @@ def _trainable(spec: Spec, coordinator, flops: dict[str, float]):
 
     def resources(config: dict):
         _, res = spec.resolve(config)
-        return tune.PlacementGroupFactory([trial.resources(res)])
+        return tune.PlacementGroupFactory([plan.trial_resources(res)])
 
     return tune.with_resources(tune.with_parameters(trial.run_trial, spec=spec,
                                                     coordinator=coordinator, flops=flops),

@@ -137,66 +137,9 @@ def test_specs_are_frozen():
         s.train.lr = 2.0  # type: ignore[misc]
 
 
-def _spec(**resources_space):
-    return spec_lib.from_dict({"search": {"method": "random", "space": {
-        k: {"choice": v} for k, v in resources_space.items()}}})
-
-
-def test_plan_concurrency_never_oversubscribes_and_rejects_what_cannot_fit():
-    two = {"CPU": 2.0}
-    # Two one-CPU trials fit side by side on 2 cores; 2-worker ones wait their turn.
-    assert spec_lib.plan_concurrency(_spec(num_workers=[1, 2]), two, [two]) == 2
-    assert spec_lib.plan_concurrency(_spec(num_workers=[2]), two, [two]) == 1
-    with pytest.raises(SpecError, match=r"resources.num_workers: 3 workers x 1 CPUs need 3 CPUs but the cluster has 2, got 3"):
-        spec_lib.plan_concurrency(_spec(num_workers=[1, 3]), two, [two])
-    with pytest.raises(SpecError, match="resources.use_gpu: the cluster has no GPU"):
-        spec_lib.plan_concurrency(_spec(use_gpu=[True]), two, [two])
-    with pytest.raises(SpecError, match="cpus_per_worker: no node has that many CPUs"):
-        spec_lib.plan_concurrency(_spec(cpus_per_worker=[4.0]), {"CPU": 8.0},
-                                  [{"CPU": 2.0}] * 4)
-    capped = spec_lib.from_dict({"search": {"max_concurrent": 1}})
-    assert spec_lib.plan_concurrency(capped, {"CPU": 16.0}, [{"CPU": 16.0}]) == 1
-
-
-def test_memory_requests_are_planned_per_node_and_rejected_when_they_never_fit():
-    gib = 2**30
-    nodes = [{"CPU": 8.0, "memory": 10 * gib}, {"CPU": 8.0, "memory": 10 * gib}]
-    cluster = {"CPU": 16.0, "memory": 20 * gib}
-    # 4 GB workers: two fit on each node, so four one-worker trials run at once.
-    assert spec_lib.plan_concurrency(_spec(max_memory_gb=[4.0]), cluster, nodes) == 4
-    with pytest.raises(SpecError, match=r"resources.max_memory_gb: no node has that much memory"):
-        spec_lib.plan_concurrency(_spec(max_memory_gb=[12.0]), cluster, nodes)
-    # 3 workers x 6 GB: 18 GB fits the cluster's 20 in sum, but a trial's workers share a node.
-    three = spec_lib.from_dict({"resources": {"num_workers": 3, "max_memory_gb": 6.0},
-                                "train": {"batch_size": 64}})
-    with pytest.raises(SpecError, match=r"3 workers x 6 GB do not fit"):
-        spec_lib.plan_concurrency(three, cluster, nodes)
-
-
 def test_text_datasets_take_text_models_without_channels_last():
     with pytest.raises(SpecError, match="train.channels_last: is for conv nets"):
         spec_lib.from_dict({"data": {"dataset": "glue-mrpc"},
                             "train": {"model": "distilbert-base-uncased", "channels_last": True}})
     with pytest.raises(SpecError, match="an image dataset .digits. needs an image model"):
         spec_lib.from_dict({"train": {"model": "hf:/some/folder"}})
-
-
-def test_cpus_per_trial_splits_the_same_cpus_over_the_workers():
-    one, two = (spec_lib.ResourceSpec(num_workers=n, cpus_per_trial=2.0) for n in (1, 2))
-    assert (one.worker_cpus, one.threads) == (2.0, 2) and (two.worker_cpus, two.threads) == (1.0, 1)
-    assert spec_lib.ResourceSpec().worker_cpus == 1.0  # neither set: one CPU per worker
-    q = spec_lib.load("experiments/configs/quickstart.yaml")
-    # Every quickstart trial holds both cores of a 2-core machine: one at a time.
-    assert spec_lib.plan_concurrency(q, {"CPU": 2.0}, [{"CPU": 2.0}]) == 1
-    with pytest.raises(SpecError, match="resources.cpus_per_trial: set it or cpus_per_worker, "
-                                        "not both, got 2.0"):
-        spec_lib.from_dict({"resources": {"cpus_per_trial": 2.0, "cpus_per_worker": 1.0}})
-
-
-def test_a_multi_worker_trial_must_fit_one_node():
-    nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
-    # 4 CPUs in all, but a trial's DDP workers run beside it, on its node.
-    with pytest.raises(SpecError, match=r"3 workers x 1 CPUs need 3 CPUs but a trial's workers "
-                                        r"share one node; the largest has 2"):
-        spec_lib.plan_concurrency(_spec(num_workers=[3]), {"CPU": 4.0}, nodes)
-    assert spec_lib.plan_concurrency(_spec(num_workers=[2]), {"CPU": 4.0}, nodes) == 2

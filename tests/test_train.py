@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
+from raytune_ctr.metrics import METRICS
 from raytune_ctr.spec import DataSpec, TrainSpec
-from raytune_ctr.train import METRICS, fit, make_optimizer, make_schedule
+from raytune_ctr.train import fit, make_optimizer, make_schedule
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def test_mnist_cnn_learns_digits_and_reports_every_metric(digits_dir):
     assert seen == hist and [m["epoch"] for m in hist] == [1, 2]
     assert hist[-1]["test_acc"] > 85.0
     # GPU-only figures, cost without prices and F1 of a 10-class task are absent, not 0.
-    assert METRICS - {"peak_cuda_mb", "mfu", "gpu_util", "cost_usd", "test_f1"} <= set(hist[-1])
+    assert set(METRICS) - {"peak_cuda_mb", "mfu", "gpu_util", "cost_usd", "test_f1"} <= set(hist[-1])
     m = hist[-1]
     assert math.isclose(m["train_time_s"], hist[0]["epoch_time_s"] + m["epoch_time_s"])
     assert 0 <= m["data_time_s"] <= m["epoch_time_s"]

@@ -84,16 +84,3 @@ def test_a_trial_goes_on_from_its_newest_whole_checkpoint(tmp_path):
     assert [e["epoch"] for e in json.loads(found[trial.HISTORY_FILE])] == [1, 2]
     assert train.load_state(found[trial.STATE_FILE])["epoch"] == 2
     assert trial.newest_checkpoint(fs.LocalFileSystem(), str(tmp_path / "none")) is None
-
-
-def test_a_trial_reserves_every_cpu_its_workers_use_and_gpus_only_when_it_trains():
-    from raytune_ctr import trial
-    from raytune_ctr.spec import ResourceSpec
-
-    assert trial.resources(ResourceSpec(cpus_per_trial=2.0)) == {"CPU": 2.0}
-    assert trial.resources(ResourceSpec(num_workers=2, cpus_per_worker=1.0,
-                                        max_memory_gb=1.0)) == {"CPU": 2.0, "memory": 2 * 2**30}
-    assert trial.resources(ResourceSpec(use_gpu=True, gpus_per_worker=0.5)) == {"CPU": 1.0,
-                                                                                 "GPU": 0.5}
-    # A pool's workers hold their own GPUs; the relay holds the CPUs.
-    assert trial.resources(ResourceSpec(num_workers=2, use_gpu=True)) == {"CPU": 2.0}

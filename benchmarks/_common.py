@@ -10,27 +10,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from raytune_ctr import plan, tuner
 from raytune_ctr import spec as spec_lib
-
-_ray_started = False
+from raytune_ctr import sweep as sweep_lib
+from raytune_ctr.results import Results
 
 
 def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
-    """Run a spec (a mapping) to completion; return (trials table, wall seconds)."""
-    global _ray_started
+    """Run a spec (a mapping) to completion the way the CLI does (`sweep.run`), on the
+    local Ray (started on first use, kept for the next); return (trials table, wall
+    seconds of the sweep: trials, pools, tables and report)."""
     spec = spec_lib.from_dict(spec_map)
-    if not _ray_started:
-        tuner.init_ray(None)
-        _ray_started = True
-    concurrency = plan.plan(spec)
-    tuner.prepare_data(spec)
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / spec.name
-        run_dir.mkdir()
-        spec_lib.dump(spec, run_dir / "spec.yaml")
+        where = Results(tmp, spec.name)
+        sweep_lib.prepare_data(spec)
+        sweep_lib.connect(None)
         t0 = time.perf_counter()
-        df = tuner.run_sweep(spec, run_dir, concurrency=concurrency)
+        df = sweep_lib.run(spec, where).trials
         wall = time.perf_counter() - t0
     failed = df[df["status"] == "FAILED"]
     if not failed.empty:

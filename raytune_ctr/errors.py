@@ -22,10 +22,11 @@ class DataError(RuntimeError):
 
 def one_line(err: BaseException) -> str:
     """The most specific line of a (possibly wrapped, multi-line) error: Ray and Tune
-    wrap a trial's error in tracebacks; the last `SomethingError: ...` line is it."""
+    wrap a trial's error in tracebacks, whose last `SomethingError: ...` line is it;
+    a plain message's first line is its headline."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     for ln in reversed(lines):
         head = ln.split(":", 1)[0]
         if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
             return ln
-    return lines[-1] if lines else type(err).__name__
+    return lines[0] if lines else type(err).__name__

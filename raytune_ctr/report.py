@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raytune_ctr import metrics
+from raytune_ctr import metrics, results
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.metrics import MEASURED, RESULTS
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
@@ -20,15 +20,6 @@ from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 log = logging.getLogger(__name__)
 
 PLOTS = ("pareto.png", "acc_by_epoch.png", "epoch_time.png")
-
-
-def load_results(run_dir: Path) -> tuple[Spec, pd.DataFrame]:
-    run_dir = Path(run_dir)
-    for f in ("spec.yaml", "trials.parquet"):
-        if not (run_dir / f).is_file():
-            raise FileNotFoundError(f"{run_dir}: no {f}; is this a raytune_ctr results folder?")
-    return (spec_lib.load(run_dir / "spec.yaml", saved=True),
-            pd.read_parquet(run_dir / "trials.parquet"))
 
 
 def label_trials(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
@@ -265,7 +256,7 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
 def build(run_dir: Path) -> Path:
     """Write report.md and the plots from a results folder; return the report's path."""
     run_dir = Path(run_dir)
-    spec, df = load_results(run_dir)
+    spec, df = results.load(run_dir)
     df = label_trials(df, spec)
     target = spec.report.target_acc
     n_trials = df["trial_index"].nunique()
@@ -324,7 +315,7 @@ def _keyed(run_dir: Path) -> pd.DataFrame:
     """Rows indexed by (trial, repeat, epoch): a trial is its searched values, and
     repeats of the same values count up in trial order, so two runs line up
     whatever order their trials finished in. The whole resolved config must match."""
-    spec, df = load_results(run_dir)
+    spec, df = results.load(run_dir)
     df = label_trials(df, spec)
     cfg = [f.name for cls in (TrainSpec, ResourceSpec) for f in dataclasses.fields(cls)
            if f.name in df and f.name not in spec_lib.PRICE_FIELDS]

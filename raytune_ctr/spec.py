@@ -487,3 +487,23 @@ def all_trials(spec: Spec) -> list[tuple[TrainSpec, ResourceSpec]]:
 
 def all_resources(spec: Spec) -> list[ResourceSpec]:
     return [r for _, r in all_trials(spec)]
+
+
+def smoke(spec: Spec) -> Spec:
+    """A tiny subset for 1 epoch: the first two configurations, 512 training samples."""
+    s = spec.search
+    drop = {"epochs"}
+    points = tuple({k: v for k, v in p.items() if k not in drop} for p in spec.grid_points()[:2])
+    if s.method == "grid":
+        search = dataclasses.replace(s, grid={}, points=points, num_samples=1)
+    else:
+        search = dataclasses.replace(
+            s, num_samples=min(2, s.num_samples),
+            space={k: v for k, v in s.space.items() if k not in drop},
+            points=tuple({k: v for k, v in p.items() if k not in drop} for p in s.points[:2]))
+    if search.scheduler == "asha" and search.asha.time_attr == "epoch":
+        search = dataclasses.replace(search, asha=dataclasses.replace(search.asha, max_t=1.0))
+    d = dataclasses.replace(spec.data, subset=min(spec.data.subset or 512, 512),
+                            num_samples=min(spec.data.num_samples, 512))
+    return dataclasses.replace(spec, name=f"{spec.name}-smoke", data=d, search=search,
+                               train=dataclasses.replace(spec.train, epochs=1))

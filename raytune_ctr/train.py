@@ -12,6 +12,7 @@ and continue bit for bit.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import json
 import math
@@ -30,7 +31,8 @@ from torch import nn
 
 from raytune_ctr import data, hardware, metrics, models, trace
 from raytune_ctr.fingerprint import fingerprint
-from raytune_ctr.spec import DataSpec, TrainSpec
+from raytune_ctr.results import HISTORY_FILE, STATE_FILE
+from raytune_ctr.spec import DataSpec, Spec, TrainSpec, candidates
 
 
 @functools.cache
@@ -399,14 +401,12 @@ def flops_key(spec: TrainSpec, shape: tuple[int, ...], num_classes: int, dtype) 
     return f"{spec.model}|{hidden}|{tuple(shape)}|{num_classes}|{dtype}"
 
 
-STATE_FILE = "state.pt"
-# Every epoch so far, beside the state: the record of a trial that outlives the
-# sweep's driver (Tune's own copy can lag behind when the driver is killed).
-HISTORY_FILE = "history.json"
 
 
 def state_files(state: dict) -> dict[str, bytes]:
-    """An epoch's checkpoint as file name -> bytes (what `report`'s state holds)."""
+    """An epoch's checkpoint as file name -> bytes: the state `report` gets, and every
+    epoch so far in JSON, the record of a trial that outlives the sweep's driver
+    (Tune's own copy can lag behind when the driver is killed)."""
     import io
 
     buf = io.BytesIO()
@@ -420,3 +420,23 @@ def load_state(raw: bytes) -> dict:
 
     # Our own file: RNG states are numpy and tuples, beyond weights_only.
     return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
+
+
+def count_flops(spec: Spec) -> dict[str, float]:
+    """Every model's training FLOPs per sample, counted once for the sweep (keys:
+    `flops_key`). Counting imports torch._dynamo, seconds of CPU that no
+    trial process should pay; a trial whose shape is not here counts its own."""
+    cand = candidates(spec)
+    flops = {}
+    for name in cand["model"]:
+        source = models.hf_source(name)
+        for length in cand["max_seq_length"] if source else [None]:
+            ds = data.load(spec.data, data.Tokenize(source, length) if source else None)
+            dtype = ds.train.x.dtype if ds.in_memory else torch.float32
+            for hidden in cand["hidden"] if name == "mlp" else [spec.train.hidden]:
+                t = dataclasses.replace(spec.train, model=name, hidden=hidden)
+                net = models.build(name, ds.input_shape, ds.num_classes, hidden=t.hidden)
+                flops[flops_key(t, ds.input_shape, ds.num_classes, dtype)] = \
+                    hardware.flops_per_sample(net, ds.input_shape, ds.num_classes,
+                                              torch.device("cpu"), dtype=dtype)
+    return flops

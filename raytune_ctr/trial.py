@@ -11,24 +11,16 @@ a pool's relay never imports torch.
 
 from __future__ import annotations
 
-import io
-import json
-import posixpath
 import tempfile
 import threading
 import uuid
-import zipfile
 from pathlib import Path
 
 import ray
-from pyarrow import fs
 
-from raytune_ctr import trace
+from raytune_ctr import results, trace
 from raytune_ctr.pool import PoolKey
 from raytune_ctr.spec import Spec
-
-STATE_FILE, HISTORY_FILE = "state.pt", "history.json"  # as train.state_files writes them
-DIR_PREFIX = "trial_"  # a trial's folder is trial_<trial id>
 
 
 def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) -> None:
@@ -42,7 +34,7 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) ->
     # Tune's count of this trial's failures so far (its callback tells the coordinator).
     retries, error = ray.get(coordinator.failures.remote(trial_id))
     extra = {"retries": retries} | ({"retry_error": error} if error else {})
-    state = last_state(tune.get_checkpoint())
+    state = results.last_state(tune.get_checkpoint())
     job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id, "data": spec.data,
            "train": train, "resources": res, "objectives": list(spec.search.objectives),
            "state": state, "flops": flops}
@@ -128,41 +120,3 @@ def _report(metrics: dict, files: dict[str, bytes] | None) -> None:
         trace.mark("files_written")
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     trace.mark("tune_reported")
-
-
-def last_state(checkpoint) -> bytes | None:
-    """The state file of the newest whole checkpoint in the trial's folder, starting
-    from Tune's: Tune keeps one, and a killed driver's record can name one already
-    replaced by a newer."""
-    if checkpoint is None:
-        return None
-    found = newest_checkpoint(checkpoint.filesystem, posixpath.dirname(checkpoint.path))
-    return found[STATE_FILE] if found else None
-
-
-def newest_checkpoint(filesystem: fs.FileSystem, trial_path: str) -> dict[str, bytes] | None:
-    """{file: bytes} of the checkpoint in a trial folder that reads whole (a kill can
-    cut the last one short) and holds the most epochs; None if there is none. By
-    epochs, not by name: a resumed trial numbers its checkpoints from Tune's record."""
-    try:
-        infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
-    except (OSError, ValueError):
-        return None
-    best, best_epoch = None, -1
-    for info in infos:
-        if info.type != fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            files = {}
-            for f in (STATE_FILE, HISTORY_FILE):
-                with filesystem.open_input_stream(posixpath.join(info.path, f)) as s:
-                    files[f] = s.read()
-            history = json.loads(files[HISTORY_FILE])
-            if zipfile.ZipFile(io.BytesIO(files[STATE_FILE])).testzip() is not None:
-                continue
-        except (OSError, ValueError, zipfile.BadZipFile):
-            continue
-        epoch = history[-1]["epoch"] if history else 0
-        if epoch > best_epoch:
-            best, best_epoch = files, epoch
-    return best

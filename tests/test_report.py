@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytune_ctr import report
+from raytune_ctr import report, results
 from raytune_ctr import spec as spec_lib
 
 
 def fake_results(tmp_path, spec_map):
-    """A results folder with made-up rows, shaped like tuner.collect's output."""
+    """A results folder with made-up rows, shaped like results.collect's output."""
     spec = spec_lib.from_dict(spec_map)
     rows = []
     #        batch, lr, acc by epoch,        s/epoch, status
@@ -45,7 +45,7 @@ def test_pareto_mask():
 
 def test_tables_answer_and_pareto(tmp_path):
     run, spec = fake_results(tmp_path, S1)
-    _, df = report.load_results(run)
+    _, df = results.load(run)
     df = report.label_trials(df, spec)
     acc = report.by_epoch(df, "test_acc", 2)
     assert acc.loc["batch_size=64 lr=1.0", "epoch 3"] == "98.90"
@@ -67,7 +67,7 @@ def test_tables_answer_and_pareto(tmp_path):
 def test_seeds_become_mean_and_std(tmp_path):
     run, spec = fake_results(tmp_path, S1 | {"search": {"grid": {"batch_size": [32, 64],
                                                                  "seed": [1, 2]}}})
-    _, df = report.load_results(run)
+    _, df = results.load(run)
     second = df["trial_index"] == 1  # make trial 1 a second seed of trial 0's config
     df.loc[second, ["batch_size", "seed"]] = [32, 2]
     df.loc[second, "test_acc"] += 1.0

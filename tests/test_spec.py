@@ -143,3 +143,13 @@ def test_text_datasets_take_text_models_without_channels_last():
                             "train": {"model": "distilbert-base-uncased", "channels_last": True}})
     with pytest.raises(SpecError, match="an image dataset .digits. needs an image model"):
         spec_lib.from_dict({"train": {"model": "hf:/some/folder"}})
+
+
+def test_smoke_keeps_two_configs_one_epoch_small_data():
+    s = spec_lib.load("experiments/configs/s2_epochs_lr_batch.yaml")
+    small = spec_lib.smoke(s)
+    assert small.train.epochs == 1 and small.data.subset == 512
+    assert small.grid_points() == [{}, {}]  # epochs, the only searched key here, is pinned
+    q = spec_lib.smoke(spec_lib.load("experiments/configs/quickstart.yaml"))
+    assert q.search.num_samples == 2 and "epochs" not in q.search.space
+    spec_lib.from_dict(q.to_dict())  # still a valid spec

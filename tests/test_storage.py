@@ -1,10 +1,7 @@
 """Results at a URI (gs://bucket/prefix in the cloud): checked with pyarrow's local
 filesystem through file:// URIs, the same code path, since GCS is not reachable here."""
 
-import pytest
-
-from raytune_ctr import cli, storage
-from raytune_ctr.spec import SpecError
+from raytune_ctr import storage
 
 
 def test_upload_copies_the_folder_to_a_uri(tmp_path):
@@ -19,18 +16,6 @@ def test_upload_copies_the_folder_to_a_uri(tmp_path):
     assert storage.exists(uri)
     assert (tmp_path / "bucket/prefix/s1/trials.csv").read_text() == "a,b\n1,2\n"
     assert (tmp_path / "bucket/prefix/s1/plots/pareto.png").read_bytes() == b"\x89PNG"
-
-
-def test_a_uri_storage_path_keeps_a_local_copy_and_never_overwrites(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run_dir, uri = cli._results_folders(f"file://{tmp_path}/bucket", "s1")
-    assert run_dir == tmp_path / cli.LOCAL_RESULTS / "s1" and uri == f"file://{tmp_path}/bucket/s1"
-    (tmp_path / "bucket" / "s1").mkdir(parents=True)
-    with pytest.raises(SpecError, match=f"results folder file://{tmp_path}/bucket/s1 already"):
-        cli._results_folders(f"file://{tmp_path}/bucket", "s1")
-    with pytest.raises(SpecError, match="--storage-path: cannot use it"):
-        cli._results_folders("nosuchfs://bucket/prefix", "s1")
-    assert cli._results_folders(str(tmp_path / "runs"), "s1") == (tmp_path / "runs" / "s1", None)
 
 
 def test_download_fills_in_a_local_copy_without_overwriting(tmp_path):

@@ -1,0 +1,303 @@
+"""One sweep's results folder: its layout, where it lives, and the tables made in it.
+
+    spec.yaml                the study, as it ran
+    trials.parquet, .csv     one row per trial per epoch (`collect`)
+    optuna.db                the Optuna study, for grid and random sweeps too
+    report.md, *.png         the report (report.py)
+    trial_<id>/checkpoint_NNNNNN/{state.pt, history.json}
+                             each trial's newest epoch checkpoint (train.state_files)
+    pools/                   the multi-worker trials' Ray Train runs (pool.py)
+    experiment_state-*.json, tuner.pkl, ...   Tune's own state, for --resume
+
+With a URI storage path (gs://bucket/prefix) Tune and the trials write there and the
+tables are copied up; a local copy lives in results/<name>. Trial processes import
+this module for the checkpoint layout, so pandas and optuna load only for tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import posixpath
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyarrow import fs
+
+from raytune_ctr import storage
+from raytune_ctr.errors import SpecError, one_line
+from raytune_ctr.metrics import FACTS, METRICS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from raytune_ctr.spec import Spec
+
+SPEC, TRIALS, TRIALS_CSV, OPTUNA_DB, REPORT = (
+    "spec.yaml", "trials.parquet", "trials.csv", "optuna.db", "report.md")
+TRIAL_PREFIX = "trial_"  # a trial's folder is trial_<trial id>
+STATE_FILE, HISTORY_FILE = "state.pt", "history.json"
+LOCAL_RESULTS = "results"  # where a URI storage path's local copy goes, from the cwd
+
+
+@dataclass(frozen=True)
+class Results:
+    """A results folder: `name` under `storage` (a local path, or a URI such as
+    gs://bucket/prefix)."""
+
+    storage: str
+    name: str
+
+    @property
+    def remote(self) -> str | None:
+        """The folder at the URI, when storage is one."""
+        return storage.join(self.storage, self.name) if storage.is_uri(self.storage) else None
+
+    @property
+    def local(self) -> Path:
+        """The folder on this machine: the tables, the report, the Optuna study."""
+        parent = LOCAL_RESULTS if self.remote else self.storage
+        return Path(parent).expanduser().resolve() / self.name
+
+    @property
+    def tune_storage(self) -> str:
+        """Where Tune keeps its experiments (its storage_path): this folder's parent."""
+        return self.storage if self.remote else str(self.local.parent)
+
+    @property
+    def where(self) -> str:
+        """This folder as Tune and the trials write it."""
+        return self.remote or str(self.local)
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.local / OPTUNA_DB}"
+
+    @classmethod
+    def new(cls, storage_path: str, name: str) -> Results:
+        """A new results folder; SpecError when it exists (nothing is overwritten)."""
+        results = cls._named(storage_path, name, "--name")
+        try:
+            taken = results.local if results.local.exists() else \
+                results.remote if results.remote and storage.exists(results.remote) else None
+        except (OSError, ValueError) as err:  # unknown scheme, no credentials, no network
+            raise SpecError("--storage-path", f"cannot use it ({one_line(err)})",
+                            storage_path) from None
+        if taken:
+            raise SpecError("--name", f"results folder {taken} already exists; "
+                            "choose another --name (nothing was overwritten)", name)
+        return results
+
+    @classmethod
+    def interrupted(cls, storage_path: str, name: str) -> Results:
+        """The results folder of a sweep that did not finish, with its spec here."""
+        results = cls._named(storage_path, name, "--resume")
+        try:
+            if results.remote and storage.exists(results.remote):
+                storage.download(results.remote, results.local)  # spec, optuna.db
+            resumable = can_resume(results.where)
+        except (OSError, ValueError) as err:
+            raise SpecError("--storage-path", f"cannot use it ({one_line(err)})",
+                            storage_path) from None
+        if not (results.local / SPEC).is_file() or not resumable:
+            raise SpecError("--resume", f"no interrupted sweep at {results.where} "
+                            "(nothing was changed)", name)
+        if (results.local / TRIALS).is_file():
+            raise SpecError("--resume", f"that sweep finished; its results are in "
+                            f"{results.local}", name)
+        return results
+
+    @classmethod
+    def _named(cls, storage_path: str, name: str, flag: str) -> Results:
+        if "/" in name or name in ("", ".", ".."):
+            raise SpecError(flag, "must be a plain folder name", name)
+        return cls(storage_path, name)
+
+    def create(self, spec: Spec) -> None:
+        """Make the folder with the spec in it (and at the URI, so --resume finds it)."""
+        from raytune_ctr import spec as spec_lib
+
+        self.local.mkdir(parents=True)
+        spec_lib.dump(spec, self.local / SPEC)
+        self.upload()
+
+    def upload(self) -> None:
+        if self.remote:
+            storage.upload(self.local, self.remote)
+
+    def write_tables(self, df: pd.DataFrame, spec: Spec) -> None:
+        df.to_parquet(self.local / TRIALS, index=False)
+        df.to_csv(self.local / TRIALS_CSV, index=False)
+        if spec.search.method != "optuna":
+            record_optuna_study(df, spec, self)
+
+
+def load(folder: Path) -> tuple[Spec, pd.DataFrame]:
+    """The spec and the trials table of a results folder (for the report)."""
+    import pandas as pd
+
+    from raytune_ctr import spec as spec_lib
+
+    folder = Path(folder)
+    for f in (SPEC, TRIALS):
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"{folder}: no {f}; is this a raytune_ctr results folder?")
+    return spec_lib.load(folder / SPEC, saved=True), pd.read_parquet(folder / TRIALS)
+
+
+def load_spec(folder: Path) -> Spec:
+    """The spec a sweep ran with, to run on (checked as strictly as a new one)."""
+    from raytune_ctr import spec as spec_lib
+
+    return spec_lib.load(Path(folder) / SPEC)
+
+
+def can_resume(where: str) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(where)
+
+
+# --- checkpoints --------------------------------------------------------------------
+
+
+def last_state(checkpoint) -> bytes | None:
+    """The state file of the newest whole checkpoint in the trial's folder, starting
+    from Tune's: Tune keeps one, and a killed driver's record can name one already
+    replaced by a newer."""
+    if checkpoint is None:
+        return None
+    found = newest_checkpoint(checkpoint.filesystem, posixpath.dirname(checkpoint.path))
+    return found[STATE_FILE] if found else None
+
+
+def newest_checkpoint(filesystem: fs.FileSystem, trial_path: str) -> dict[str, bytes] | None:
+    """{file: bytes} of the checkpoint in a trial folder that reads whole (a kill can
+    cut the last one short) and holds the most epochs; None if there is none. By
+    epochs, not by name: a resumed trial numbers its checkpoints from Tune's record."""
+    try:
+        infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
+    except (OSError, ValueError):
+        return None
+    best, best_epoch = None, -1
+    for info in infos:
+        if info.type != fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            files = {}
+            for f in (STATE_FILE, HISTORY_FILE):
+                with filesystem.open_input_stream(posixpath.join(info.path, f)) as s:
+                    files[f] = s.read()
+            history = json.loads(files[HISTORY_FILE])
+            if zipfile.ZipFile(io.BytesIO(files[STATE_FILE])).testzip() is not None:
+                continue
+        except (OSError, ValueError, zipfile.BadZipFile):
+            continue
+        epoch = history[-1]["epoch"] if history else 0
+        if epoch > best_epoch:
+            best, best_epoch = files, epoch
+    return best
+
+
+def checkpointed_epochs(result) -> list[dict]:
+    """The epochs a trial saved with its newest whole checkpoint, in order."""
+    if result.filesystem is None or not result.path:
+        return []
+    found = newest_checkpoint(result.filesystem, result.path)
+    return json.loads(found[HISTORY_FILE]) if found else []
+
+
+# --- tables -------------------------------------------------------------------------
+
+
+def collect(grid, spec: Spec) -> pd.DataFrame:
+    """One row per trial per epoch: status, error, resolved config, metrics, fingerprint.
+
+    A trial that crashed keeps its epochs so far and is FAILED; one that never
+    reported gets a single row with no metrics. Never a made-up score. Epochs
+    come from Tune's record and, where a killed driver lost some of it, from
+    the trial's last checkpoint.
+    """
+    import pandas as pd
+
+    rows = []
+    for i, r in enumerate(grid):
+        train, res = spec.resolve(dict(r.config or {}))
+        tid = (r.metrics or {}).get("trial_id") or \
+            posixpath.basename(r.path or "").removeprefix(TRIAL_PREFIX)
+        base = {"trial_id": tid, "trial_index": i}
+        from raytune_ctr.spec import PRICE_FIELDS
+
+        base |= dataclasses.asdict(train) | {k: v for k, v in dataclasses.asdict(res).items()
+                                             if k not in PRICE_FIELDS}  # in spec.yaml
+        base["hidden"] = "-".join(map(str, train.hidden))
+        base["cpus_per_worker"], base["threads_per_worker"] = res.worker_cpus, res.threads
+        mdf = r.metrics_dataframe
+        reported = [] if mdf is None or "epoch" not in mdf else mdf.to_dict("records")
+        # Later wins: Tune's rows (they carry `retries`) over saved ones, and the last
+        # report of an epoch a restarted run repeated.
+        by_epoch = {e["epoch"]: e for e in checkpointed_epochs(r) + reported
+                    if pd.notna(e.get("epoch"))}
+        epochs = [by_epoch[k] for k in sorted(by_epoch)]
+        last = max((e["epoch"] for e in epochs), default=0)
+        if r.error is not None:
+            status, error = "FAILED", one_line(r.error)
+        else:
+            status, error = ("COMPLETED" if last >= train.epochs else "STOPPED"), ""
+        base |= {"status": status, "error": error}
+        for e in epochs or [{}]:
+            rows.append(base | {k: v for k, v in e.items()
+                                if k in METRICS or k in FACTS or k.startswith("env_")})
+    df = pd.DataFrame(rows)
+    for col in METRICS:
+        if col not in df:
+            df[col] = float("nan")
+    return one_type_per_column(df)
+
+
+def one_type_per_column(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: a searched `"auto" | true | false` becomes text."""
+    import pandas as pd
+
+    for col in df.columns:
+        if pd.api.types.is_object_dtype(df[col]) and len({type(v) for v in df[col].dropna()}) > 1:
+            df[col] = df[col].map(lambda v: v if pd.isna(v) else str(v))
+    return df
+
+
+def record_optuna_study(df: pd.DataFrame, spec: Spec, results: Results) -> None:
+    """Save a grid or random sweep as an Optuna study too, for optuna-dashboard."""
+    import optuna
+
+    keys = spec.searched_keys()
+    objectives = spec.search.objectives
+    study = optuna.create_study(storage=results.optuna_url, study_name=results.name,
+                                directions=["maximize" if m == "max" else "minimize"
+                                            for m in objectives.values()])
+    dists = {k: optuna.distributions.CategoricalDistribution(
+        sorted(df[k].dropna().unique().tolist(), key=str)) for k in keys}
+    for _, rows in df.groupby("trial_index", sort=True):
+        last = rows.sort_values("epoch").iloc[-1]
+        params = {k: last[k].item() if hasattr(last[k], "item") else last[k] for k in keys}
+        values = [float(last[m]) for m in objectives]
+        ok = last["status"] != "FAILED" and all(v == v for v in values)  # not NaN
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, values=values if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+            user_attrs={"status": str(last["status"]), "error": str(last["error"])}))
+
+
+def close_orphans(results: Results) -> None:
+    """Optuna trials asked for just before a kill, after Tune's last checkpoint, stay
+    RUNNING in the study for ever: Tune asked again on resume. Mark them FAIL."""
+    import optuna
+
+    db = optuna.storages.RDBStorage(results.optuna_url)
+    study = optuna.load_study(study_name=results.name, storage=db)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        db.set_trial_user_attr(t._trial_id, "interrupted",
+                               "asked before the sweep was killed; never run")
+        db.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)

@@ -1,0 +1,141 @@
+"""Run or resume one study end to end: check the data, start or join Ray, plan what
+fits, make the results folder, run the trials (tuner.py), then write the tables and
+the report. The CLI and the benchmarks both come here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from raytune_ctr import data, plan, report, results, tuner
+from raytune_ctr.errors import SpecError, one_line
+from raytune_ctr.results import Results
+from raytune_ctr.spec import Spec, candidates
+
+log = logging.getLogger("raytune_ctr")
+
+# cuBLAS reads its workspace setting once per process, and a reused trial process
+# may have started cuBLAS for an earlier trial: set the deterministic one for all.
+TRIAL_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+# Train V2 polls its workers every 2 s by default; a pool's controller polls them so
+# a dead worker is seen at once. On one node the preemption watcher is an idle process.
+LOCAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"} | TRIAL_ENV
+CLUSTER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"} | TRIAL_ENV
+
+
+@dataclass(frozen=True)
+class Outcome:
+    spec: Spec  # as it ran
+    trials: pd.DataFrame  # one row per trial per epoch (results.collect)
+    report: Path  # report.md
+
+
+def run(spec: Spec, where: Results, *, address: str | None = None,
+        verbose: bool = False) -> Outcome:
+    """Run every trial of `spec` into the new results folder `where`. Raises SpecError
+    or DataError, with nothing written, when the study cannot run here."""
+    source = prepare_data(spec)
+    own = connect(address, verbose)
+    concurrency = plan.plan(spec)
+    log.info("data: %s; running up to %d trials at once", source, concurrency)
+    where.create(spec)
+    grid = tuner.run(spec, where, concurrency=concurrency, own_cluster=own)
+    return _finish(grid, spec, where)
+
+
+def resume(where: Results, *, address: str | None = None, verbose: bool = False) -> Outcome:
+    """Go on with an interrupted sweep (`Results.interrupted`) with its saved spec."""
+    spec = results.load_spec(where.local)
+    if spec.search.method == "optuna" and not (where.local / results.OPTUNA_DB).is_file():
+        # The searcher's trials live there; without them TPE would start over.
+        raise SpecError("--resume", f"the Optuna study {where.local / results.OPTUNA_DB} is "
+                        "missing; resume on the machine and folder the sweep started in",
+                        where.name)
+    source = prepare_data(spec)
+    own = connect(address, verbose)
+    plan.plan(spec)
+    log.info("data: %s; resuming %s", source, where.where)
+    grid = tuner.restore(spec, where, own_cluster=own)
+    outcome = _finish(grid, spec, where)
+    if spec.search.method == "optuna":
+        results.close_orphans(where)
+    return outcome
+
+
+def _finish(grid, spec: Spec, where: Results) -> Outcome:
+    df = results.collect(grid, spec)
+    where.write_tables(df, spec)
+    try:
+        path = report.build(where.local)
+    finally:  # the tables are worth keeping even if the report fails
+        where.upload()
+        if where.remote:
+            log.info("results copied to %s", where.remote)
+    return Outcome(spec, df, path)
+
+
+def prepare_data(spec: Spec) -> str:
+    """Fetch/verify the dataset on this node before any trial starts; return its source.
+
+    A text dataset is tokenized here for every model and length the trials can ask
+    for (cached for the workers), and each model's weights are fetched once.
+    """
+    if spec.data.dataset not in data.TEXT:
+        return data.load(spec.data).source
+    from raytune_ctr import models
+
+    cand = candidates(spec)
+    for name in cand["model"]:
+        source = models.hf_source(name)
+        for length in cand["max_seq_length"]:
+            ds = data.load(spec.data, data.Tokenize(source, length))
+        models.build(name, ds.input_shape, ds.num_classes)
+    return ds.source
+
+
+def connect(address: str | None, verbose: bool = False) -> bool:
+    """Start a Ray here (address None) or join one; True when this process started it.
+    Joining a Ray already connected in this process is a no-op."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is not None:
+        _probe(address)
+    runtime_env = None
+    if address is None:
+        # A local Ray's processes inherit this environment. A job runtime_env would
+        # keep trials off the worker processes ray.init prestarts (theirs differs).
+        for k, v in LOCAL_ENV.items():
+            os.environ.setdefault(k, v)  # the user's setting wins
+    else:
+        runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in CLUSTER_ENV.items()}}
+    try:
+        # The dashboard stays on: Train's PlacementGroupCleaner asks its state API
+        # whether a pool's controller is gone, and without it a pool whose driver
+        # died leaks its workers' placement group.
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise SpecError("--address", f"cannot reach a Ray cluster there ({one_line(err)})",
+                        address) from None
+    return address is None
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a host:port nothing listens on: ray.init would wait minutes for its GCS."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local" and the like: Ray resolves and reports those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise SpecError("--address", f"cannot reach a Ray cluster there ({err.strerror or err})",
+                        address) from None

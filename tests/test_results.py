@@ -1,0 +1,70 @@
+"""The results folder: where it lives, the trials table, the checkpoints read back."""
+
+import pandas as pd
+import pytest
+
+from raytune_ctr import results
+from raytune_ctr import spec as spec_lib
+from raytune_ctr.results import Results
+from raytune_ctr.spec import SpecError
+
+
+def test_mixed_type_columns_become_text_for_parquet(tmp_path):
+    df = pd.DataFrame({"channels_last": ["auto", True, None], "lr": [0.1, 0.2, 0.3],
+                       "model": ["mlp", "mlp", "mlp"]})
+    out = results.one_type_per_column(df.copy())
+    assert out["channels_last"].tolist()[:2] == ["auto", "True"] and pd.isna(out["channels_last"][2])
+    assert out["lr"].tolist() == [0.1, 0.2, 0.3]
+    out.to_parquet(tmp_path / "t.parquet")
+
+
+def test_collected_rows_write_to_parquet_with_or_without_prices(tmp_path):
+    from types import SimpleNamespace
+
+    epoch = {"epoch": 1, "test_acc": 90.0, "train_time_s": 1.0, "env_host": "h"}
+    result = SimpleNamespace(config={"lr": 0.5}, path=str(tmp_path / "run_t1_00000"),
+                             metrics={"trial_id": "t1"}, error=None,
+                             metrics_dataframe=pd.DataFrame([epoch]), filesystem=None)
+    for resources in ({}, {"node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}):
+        spec = spec_lib.from_dict({"resources": resources, "search": {"grid": {"lr": [0.5]}}})
+        df = results.collect([result], spec)
+        assert df["lr"].tolist() == [0.5] and "node_hour_usd" not in df  # prices: spec.yaml
+        df.to_parquet(tmp_path / "trials.parquet")
+
+
+def test_a_trial_goes_on_from_its_newest_whole_checkpoint(tmp_path):
+    import json
+
+    from pyarrow import fs
+
+    from raytune_ctr import train
+
+    for epoch in (1, 2, 3):
+        d = tmp_path / f"checkpoint_{epoch - 1:06d}"
+        d.mkdir()
+        files = train.state_files({"epoch": epoch, "history": [{"epoch": e} for e in
+                                                               range(1, epoch + 1)]})
+        for name, raw in files.items():
+            (d / name).write_bytes(raw)
+    # A kill cut the newest one short: the one before it is taken.
+    newest = tmp_path / "checkpoint_000002" / results.STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
+    found = results.newest_checkpoint(fs.LocalFileSystem(), str(tmp_path))
+    assert [e["epoch"] for e in json.loads(found[results.HISTORY_FILE])] == [1, 2]
+    assert train.load_state(found[results.STATE_FILE])["epoch"] == 2
+    assert results.newest_checkpoint(fs.LocalFileSystem(), str(tmp_path / "none")) is None
+
+
+def test_a_uri_storage_path_keeps_a_local_copy_and_never_overwrites(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    where = Results.new(f"file://{tmp_path}/bucket", "s1")
+    assert where.local == tmp_path / results.LOCAL_RESULTS / "s1"
+    assert where.remote == f"file://{tmp_path}/bucket/s1" == where.where
+    (tmp_path / "bucket" / "s1").mkdir(parents=True)
+    with pytest.raises(SpecError, match=f"results folder file://{tmp_path}/bucket/s1 already"):
+        Results.new(f"file://{tmp_path}/bucket", "s1")
+    with pytest.raises(SpecError, match="--storage-path: cannot use it"):
+        Results.new("nosuchfs://bucket/prefix", "s1")
+    local = Results.new(str(tmp_path / "runs"), "s1")
+    assert (local.local, local.remote, local.tune_storage) == (tmp_path / "runs" / "s1", None,
+                                                               str(tmp_path / "runs"))

@@ -89,7 +89,7 @@ def unmeasurable(metric: str, *, gpu: bool, peak: bool, priced: bool,
     if needs == "price" and not priced:
         kind = "gpu" if gpu else "cpu"
         prices = "spot_node_hour_usd" if market == "spot" else "node_hour_usd"
-        return f"needs a {kind.upper()} node price for every trial: set resources.{prices}.{kind}"
+        return f"needs a {kind.upper()} node price for every trial: set cost.{prices}.{kind}"
     if needs == "two_class" and two_class is False:
         return "two-class datasets only"
     return None

@@ -508,7 +508,7 @@ def _serve_job(job: dict, coordinator, rank: int, world: int, device) -> None:
     try:
         train.fit(job["data"], job["train"], device=device, rank=rank, world=world,
                   wrap=ray.train.torch.prepare_model, report=report, state=state,
-                  peak_tflops=res.peak_tflops, hour_usd=res.hour_usd,
+                  peak_tflops=res.peak_tflops, hour_usd=job["hour_usd"],
                   memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
                   require=tuple(job["objectives"]), flops=job["flops"], load=data.load_cached,
                   ready=lambda err: _agree(early or err, world))

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from raytune_ctr import metrics, results
-from raytune_ctr import spec as spec_lib
 from raytune_ctr.metrics import MEASURED, RESULTS
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 
@@ -152,9 +151,6 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[df["epoch"].notna()]
     if rows.empty:
         return pd.DataFrame()
-    for col in ("flops_per_sample", "tflops", "mfu", "gpu_util", "peak_cuda_mb", "wall_time_s"):
-        if col not in rows:  # results written before these figures existed
-            rows = rows.assign(**{col: float("nan")})
     g = rows.groupby("trial_index", sort=True)
     out = pd.DataFrame({
         "config": g["config"].first(),
@@ -177,18 +173,14 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def recovered_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials that lost a worker (retries) or whose sweep was resumed mid-trial."""
-    if not {"retries", "resumed_from_epoch"} & set(df.columns):
-        return pd.DataFrame()  # results written before these were recorded
-    rows = df[df["epoch"].notna()].reindex(
-        columns=[*df.columns, *{"retries", "resumed_from_epoch"} - set(df.columns)])
-    g = rows.groupby("trial_index", sort=True)
+    """Trials Tune restarted after a failure (retries), or whose sweep was resumed
+    mid-trial."""
+    g = df[df["epoch"].notna()].groupby("trial_index", sort=True)
     out = pd.DataFrame({"config": g["config"].first(), "status": g["status"].first(),
-                        "worker-group restarts": g["retries"].max(),
-                        "resumed from epoch": g["resumed_from_epoch"].max()})
-    if "retry_error" in df:
-        out["last restart's error"] = g["retry_error"].last().fillna("")
-    hit = (out["worker-group restarts"].fillna(0) > 0) | (out["resumed from epoch"].fillna(0) > 0)
+                        "restarts": g["retries"].max(),
+                        "resumed from epoch": g["resumed_from_epoch"].max(),
+                        "last restart's error": g["retry_error"].last().astype(object).fillna("")})
+    hit = (out["restarts"].fillna(0) > 0) | (out["resumed from epoch"].fillna(0) > 0)
     return out[hit]
 
 
@@ -296,8 +288,9 @@ def build(run_dir: Path) -> Path:
                      "gpu_util"))
     md.append(_md(hardware_table(df)))
     md.append("## Recovered trials\n")
-    md.append("Restarted from their last epoch checkpoint after a Train worker died, or "
-              "continued by `--resume` after the sweep was interrupted.\n\n")
+    md.append("Restarted from their last epoch checkpoint after a failure (a Train worker "
+              "or the trial's process died, or an error Tune retried), or continued by "
+              "`--resume` after the sweep was interrupted.\n\n")
     md.append(_md(recovered_table(df)))
     md.append("## Failed trials\n")
     md.append(_md(failed[["config", "error"]] if not failed.empty else pd.DataFrame()))
@@ -318,7 +311,7 @@ def _keyed(run_dir: Path) -> pd.DataFrame:
     spec, df = results.load(run_dir)
     df = label_trials(df, spec)
     cfg = [f.name for cls in (TrainSpec, ResourceSpec) for f in dataclasses.fields(cls)
-           if f.name in df and f.name not in spec_lib.PRICE_FIELDS]
+           if f.name in df]
     df["full_config"] = [" ".join(map(str, r)) for r in df[cfg].itertuples(index=False)]
     first = df.groupby("trial_index", sort=True)["config"].first()
     df["repeat"] = df["trial_index"].map(first.groupby(first).cumcount())

@@ -145,7 +145,7 @@ def load(folder: Path) -> tuple[Spec, pd.DataFrame]:
     for f in (SPEC, TRIALS):
         if not (folder / f).is_file():
             raise FileNotFoundError(f"{folder}: no {f}; is this a raytune_ctr results folder?")
-    return spec_lib.load(folder / SPEC, saved=True), pd.read_parquet(folder / TRIALS)
+    return spec_lib.load(folder / SPEC), complete(pd.read_parquet(folder / TRIALS))
 
 
 def load_spec(folder: Path) -> Spec:
@@ -229,10 +229,7 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
         tid = (r.metrics or {}).get("trial_id") or \
             posixpath.basename(r.path or "").removeprefix(TRIAL_PREFIX)
         base = {"trial_id": tid, "trial_index": i}
-        from raytune_ctr.spec import PRICE_FIELDS
-
-        base |= dataclasses.asdict(train) | {k: v for k, v in dataclasses.asdict(res).items()
-                                             if k not in PRICE_FIELDS}  # in spec.yaml
+        base |= dataclasses.asdict(train) | dataclasses.asdict(res)
         base["hidden"] = "-".join(map(str, train.hidden))
         base["cpus_per_worker"], base["threads_per_worker"] = res.worker_cpus, res.threads
         mdf = r.metrics_dataframe
@@ -251,11 +248,13 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
         for e in epochs or [{}]:
             rows.append(base | {k: v for k, v in e.items()
                                 if k in METRICS or k in FACTS or k.startswith("env_")})
-    df = pd.DataFrame(rows)
-    for col in METRICS:
-        if col not in df:
-            df[col] = float("nan")
-    return one_type_per_column(df)
+    return one_type_per_column(complete(pd.DataFrame(rows)))
+
+
+def complete(df: pd.DataFrame) -> pd.DataFrame:
+    """Every metric and fact a column, NaN where no trial reported it."""
+    missing = [c for c in [*METRICS, *FACTS] if c not in df]
+    return df.assign(**dict.fromkeys(missing, float("nan"))) if missing else df
 
 
 def one_type_per_column(df: pd.DataFrame) -> pd.DataFrame:

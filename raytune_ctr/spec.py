@@ -11,8 +11,8 @@ here. Experiment files list only what they change.
       method: grid
       points: [{batch_size: 32, lr: 1.0}, {batch_size: 64, lr: 1.0}]
 
-Any field of `train` or `resources` (but the node prices) can be a search
-dimension. Bad input raises `SpecError` with one line naming the key and the value.
+Any field of `train` or `resources` can be a search dimension; `cost` holds the
+node prices, fixed for the sweep. Bad input raises `SpecError` with one line naming the key and the value.
 """
 
 from __future__ import annotations
@@ -106,29 +106,6 @@ class ResourceSpec:
     # Host memory per Train worker: Ray reserves it when scheduling, and a worker whose
     # peak RSS goes over it fails the trial with "out of memory". None: no limit.
     max_memory_gb: PositiveFloat | None = None
-    # cost_usd: a node's price per hour, {cpu: …, gpu: …}, on demand and on the
-    # spot/preemptible market, and the size those prices buy. A trial pays its share
-    # of a node (GPU trials: GPUs / node_gpus, whose price covers the node's CPUs;
-    # CPU trials: CPUs / node_cpus) for the time it holds it. No price: no cost_usd.
-    node_hour_usd: dict[Literal["cpu", "gpu"], NonNegativeFloat] = dataclasses.field(
-        default_factory=dict)
-    spot_node_hour_usd: dict[Literal["cpu", "gpu"], NonNegativeFloat] = dataclasses.field(
-        default_factory=dict)
-    market: Literal["on_demand", "spot"] = "on_demand"
-    node_cpus: PositiveFloat | None = None
-    node_gpus: PositiveFloat | None = None
-
-    @property
-    def hour_usd(self) -> float | None:
-        """What an hour of this trial's share of a node costs; None without a price."""
-        prices = self.spot_node_hour_usd if self.market == "spot" else self.node_hour_usd
-        kind = "gpu" if self.use_gpu else "cpu"
-        if kind not in prices:
-            return None
-        size = self.node_gpus if self.use_gpu else self.node_cpus
-        held = self.num_workers * (self.gpus_per_worker if self.use_gpu else self.worker_cpus)
-        return prices[kind] * held / size
-
     @property
     def worker_cpus(self) -> float:
         """The CPUs each Train worker holds."""
@@ -139,6 +116,34 @@ class ResourceSpec:
     @property
     def threads(self) -> int:
         return self.threads_per_worker or max(1, int(self.worker_cpus))
+
+
+@dataclass(frozen=True, config=_STRICT)
+class CostSpec:
+    """What the nodes cost, for cost_usd: a node's price per hour, {cpu: …, gpu: …},
+    on demand and on the spot/preemptible market, and the size those prices buy. A
+    trial pays its share of a node (GPU trials: GPUs / node_gpus, whose price covers
+    the node's CPUs; CPU trials: CPUs / node_cpus) for its wall_time_s. No price: no
+    cost_usd. Fixed for a sweep: prices describe the cluster, not a trial."""
+
+    node_hour_usd: dict[Literal["cpu", "gpu"], NonNegativeFloat] = dataclasses.field(
+        default_factory=dict)
+    spot_node_hour_usd: dict[Literal["cpu", "gpu"], NonNegativeFloat] = dataclasses.field(
+        default_factory=dict)
+    market: Literal["on_demand", "spot"] = "on_demand"
+    node_cpus: PositiveFloat | None = None
+    node_gpus: PositiveFloat | None = None
+
+
+def hour_usd(res: ResourceSpec, cost: CostSpec) -> float | None:
+    """What an hour of a trial's share of a node costs; None without a price."""
+    prices = cost.spot_node_hour_usd if cost.market == "spot" else cost.node_hour_usd
+    kind = "gpu" if res.use_gpu else "cpu"
+    if kind not in prices:
+        return None
+    size = cost.node_gpus if res.use_gpu else cost.node_cpus
+    held = res.num_workers * (res.gpus_per_worker if res.use_gpu else res.worker_cpus)
+    return prices[kind] * held / size
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -211,6 +216,7 @@ class Spec:
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
     resources: ResourceSpec = ResourceSpec()
+    cost: CostSpec = CostSpec()
     search: SearchSpec = SearchSpec()
     report: ReportSpec = ReportSpec()
 
@@ -239,11 +245,8 @@ class Spec:
         return dataclasses.replace(self.train, **t), dataclasses.replace(self.resources, **r)
 
 
-# Prices describe the cluster, not the trial: fixed for a sweep.
-PRICE_FIELDS = {"node_hour_usd", "spot_node_hour_usd", "market", "node_cpus", "node_gpus"}
 SEARCHABLE = {f.name: TrainSpec for f in dataclasses.fields(TrainSpec)} | {
-    f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec) if f.name not in PRICE_FIELDS
-}
+    f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec)}
 
 
 def _plain(obj):
@@ -275,7 +278,7 @@ def _from_pydantic(err: _PydanticError, data: dict) -> SpecError:
     return SpecError(key, e["msg"][0].lower() + e["msg"][1:], e.get("input"))
 
 
-_SECTIONS = {"data": DataSpec, "train": TrainSpec, "resources": ResourceSpec,
+_SECTIONS = {"data": DataSpec, "train": TrainSpec, "resources": ResourceSpec, "cost": CostSpec,
              "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec}
 
 
@@ -289,43 +292,26 @@ def _lookup_class(loc: tuple):
     return cls
 
 
-# Keys earlier versions wrote (with their defaults) into every saved spec.yaml, and
-# what replaced them: a results folder from before still loads.
-RETIRED = {("resources", "cpu_hour_usd"): "resources.node_hour_usd.cpu with node_cpus",
-           ("resources", "gpu_hour_usd"): "resources.node_hour_usd.gpu with node_gpus"}
-
-
-def from_dict(data: Any, saved: bool = False) -> Spec:
-    """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem.
-
-    `saved`: the spec.yaml of a finished results folder, read for its report: retired
-    keys are dropped whatever their value, and objectives are not checked for being
-    measurable (what was measured is in its table)."""
+def from_dict(data: Any) -> Spec:
+    """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem."""
     if not isinstance(data, dict):
         raise SpecError("spec", "must be a mapping of sections", data)
-    for section in ("data", "train", "resources", "search", "report"):
+    for section in ("data", "train", "resources", "cost", "search", "report"):
         if section in data and not isinstance(data[section], dict):
             raise SpecError(section, "must be a mapping", data[section])
-    for (section, key), now in RETIRED.items():
-        if key in data.get(section, {}):
-            value = data[section][key]
-            if not saved and not (type(value) in (int, float) and value == 0):
-                raise SpecError(f"{section}.{key}", f"was replaced by {now} (per node-hour)", value)
-            data = data | {section: {k: v for k, v in data[section].items() if k != key}}
     try:
         spec = Spec(**data)
     except _PydanticError as err:
         raise _from_pydantic(err, data) from None
     except TypeError as err:  # a non-string key, for example
         raise SpecError("spec", str(err)) from None
-    _check(spec, saved)
+    _check(spec)
     return spec
 
 
-def load(path: str | Path, overrides: dict[str, dict] | None = None, saved: bool = False) -> Spec:
+def load(path: str | Path, overrides: dict[str, dict] | None = None) -> Spec:
     """Load a spec file; `overrides` ({section: {key: value}}, from the command line)
-    replace its values before validation, so they are checked as part of it. `saved`:
-    see `from_dict`."""
+    replace its values before validation, so they are checked as part of it."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("--config", "no such file", str(path))
@@ -338,7 +324,7 @@ def load(path: str | Path, overrides: dict[str, dict] | None = None, saved: bool
     for section, values in (overrides or {}).items():
         if isinstance(data, dict) and isinstance(data.get(section, {}), dict):
             data = data | {section: data.get(section, {}) | values}
-    return from_dict(data, saved)
+    return from_dict(data)
 
 
 def dump(spec: Spec, path: str | Path) -> None:
@@ -363,7 +349,7 @@ def _check_value(key_path: str, name: str, value: Any, spec: Spec) -> None:
         raise SpecError(key_path, e["msg"][0].lower() + e["msg"][1:], value) from None
 
 
-def _check(spec: Spec, saved: bool = False) -> None:
+def _check(spec: Spec) -> None:
     """Rules that span fields: the search space, objectives, ASHA, models."""
     s = spec.search
     if s.method == "grid" and s.space:
@@ -404,10 +390,10 @@ def _check(spec: Spec, saved: bool = False) -> None:
     for metric in s.objectives:
         if metric not in METRICS:
             raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
-    _check_prices(spec.resources)
+    _check_prices(spec.cost)
     trials = all_trials(spec)
-    for metric in () if saved else s.objectives:
-        why = unmeasured(metric, trials)
+    for metric in s.objectives:
+        why = unmeasured(metric, trials, spec.cost)
         if why:
             raise SpecError(f"search.objectives.{metric}", why)
     if s.scheduler == "asha" and s.asha.time_attr == "train_time_s" and s.asha.max_t is None:
@@ -438,23 +424,24 @@ def _check(spec: Spec, saved: bool = False) -> None:
                             "because it is split across workers", train.batch_size)
 
 
-def _check_prices(r: ResourceSpec) -> None:
+def _check_prices(c: CostSpec) -> None:
     for kind, size in (("cpu", "node_cpus"), ("gpu", "node_gpus")):
-        priced = kind in r.node_hour_usd or kind in r.spot_node_hour_usd
-        if priced and getattr(r, size) is None:
-            raise SpecError(f"resources.{size}", f"is needed with a {kind.upper()} node price: "
+        priced = kind in c.node_hour_usd or kind in c.spot_node_hour_usd
+        if priced and getattr(c, size) is None:
+            raise SpecError(f"cost.{size}", f"is needed with a {kind.upper()} node price: "
                             f"the {kind.upper()}s one node-hour buys")
-    if r.market == "spot" and not r.spot_node_hour_usd:
-        raise SpecError("resources.market", "spot needs resources.spot_node_hour_usd", "spot")
+    if c.market == "spot" and not c.spot_node_hour_usd:
+        raise SpecError("cost.market", "spot needs cost.spot_node_hour_usd", "spot")
 
 
-def unmeasured(metric: str, trials: list[tuple[TrainSpec, ResourceSpec]]) -> str | None:
+def unmeasured(metric: str, trials: list[tuple[TrainSpec, ResourceSpec]],
+               cost: CostSpec) -> str | None:
     """Why some of these trials would not report `metric`, or None. An objective must
     be one every trial reports, or Tune stops the sweep at the first result without it.
     A GPU's peak and a dataset's classes are only known when the trial runs."""
     for _, r in trials:
         why = unmeasurable(metric, gpu=r.use_gpu, peak=r.use_gpu or r.peak_tflops is not None,
-                           priced=r.hour_usd is not None, market=r.market)
+                           priced=hour_usd(r, cost) is not None, market=cost.market)
         if why:
             return why
     return None

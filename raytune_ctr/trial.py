@@ -20,7 +20,7 @@ import ray
 
 from raytune_ctr import results, trace
 from raytune_ctr.pool import PoolKey
-from raytune_ctr.spec import Spec
+from raytune_ctr.spec import Spec, hour_usd
 
 
 def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) -> None:
@@ -37,7 +37,7 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) ->
     state = results.last_state(tune.get_checkpoint())
     job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id, "data": spec.data,
            "train": train, "resources": res, "objectives": list(spec.search.objectives),
-           "state": state, "flops": flops}
+           "state": state, "flops": flops, "hour_usd": hour_usd(res, spec.cost)}
     try:
         if res.num_workers == 1:
             _train_here(job, extra)
@@ -66,7 +66,7 @@ def _train_here(job: dict, extra: dict) -> None:
 
     train_lib.fit(job["data"], job["train"], device=device, report=report,
                   state=train_lib.load_state(job["state"]) if job["state"] else None,
-                  peak_tflops=res.peak_tflops, hour_usd=res.hour_usd,
+                  peak_tflops=res.peak_tflops, hour_usd=job["hour_usd"],
                   memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
                   require=tuple(job["objectives"]), flops=job["flops"], load=data.load_cached)
 

@@ -25,8 +25,8 @@ def test_collected_rows_write_to_parquet_with_or_without_prices(tmp_path):
     result = SimpleNamespace(config={"lr": 0.5}, path=str(tmp_path / "run_t1_00000"),
                              metrics={"trial_id": "t1"}, error=None,
                              metrics_dataframe=pd.DataFrame([epoch]), filesystem=None)
-    for resources in ({}, {"node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}):
-        spec = spec_lib.from_dict({"resources": resources, "search": {"grid": {"lr": [0.5]}}})
+    for cost in ({}, {"node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}):
+        spec = spec_lib.from_dict({"cost": cost, "search": {"grid": {"lr": [0.5]}}})
         df = results.collect([result], spec)
         assert df["lr"].tolist() == [0.5] and "node_hour_usd" not in df  # prices: spec.yaml
         df.to_parquet(tmp_path / "trials.parquet")

@@ -82,13 +82,14 @@ BAD = [
     ({"search": {"objectives": {"mfu": "max"}}}, "search.objectives.mfu", "GPU only"),
     ({"search": {"objectives": {"gpu_util": "max"}, "grid": {"use_gpu": [True, False]}}},
      "search.objectives.gpu_util", "GPU only"),
-    ({"resources": {"node_hour_usd": {"cpu": 0.4}}}, "resources.node_cpus",
+    ({"cost": {"node_hour_usd": {"cpu": 0.4}}}, "cost.node_cpus",
      "is needed with a CPU node price"),
-    ({"resources": {"node_hour_usd": {"tpu": 4.0}}}, "resources.node_hour_usd.tpu", "tpu"),
-    ({"resources": {"market": "spot", "node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}},
-     "resources.market", "'spot'"),
+    ({"cost": {"node_hour_usd": {"tpu": 4.0}}}, "cost.node_hour_usd.tpu", "tpu"),
+    ({"cost": {"market": "spot", "node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}},
+     "cost.market", "'spot'"),
     ({"search": {"grid": {"market": ["spot"]}}}, "search.grid.market", "not a train or resources"),
-    ({"resources": {"cpu_hour_usd": 0.05}}, "resources.cpu_hour_usd", "replaced by"),
+    ({"resources": {"node_hour_usd": {"cpu": 0.4}}}, "resources.node_hour_usd",
+     "unknown key"),
 ]
 
 
@@ -100,19 +101,6 @@ def test_bad_spec_names_key_and_value_on_one_line(mapping, key, fragment):
     assert msg.startswith(key + ":"), msg
     assert fragment in msg, msg
     assert "\n" not in msg
-
-
-def test_a_spec_saved_before_node_prices_still_loads():
-    # Earlier versions wrote these defaults into every results folder's spec.yaml.
-    s = spec_lib.from_dict({"resources": {"cpu_hour_usd": 0.0, "gpu_hour_usd": 0.0}})
-    assert s.resources.hour_usd is None
-    # With a price it cannot run again as it was, but its report can still be read.
-    old = {"resources": {"cpu_hour_usd": 0.05}, "search": {"objectives": {"cost_usd": "min"}}}
-    with pytest.raises(SpecError, match="resources.cpu_hour_usd: was replaced by"):
-        spec_lib.from_dict(old)
-    assert spec_lib.from_dict(old, saved=True).search.objectives == {"cost_usd": "min"}
-    with pytest.raises(SpecError, match="cpu_hour_usd"):
-        spec_lib.from_dict({"resources": {"cpu_hour_usd": False}})
 
 
 def test_command_line_overrides_are_validated_with_the_file(write_spec):
@@ -153,3 +141,22 @@ def test_smoke_keeps_two_configs_one_epoch_small_data():
     q = spec_lib.smoke(spec_lib.load("experiments/configs/quickstart.yaml"))
     assert q.search.num_samples == 2 and "epochs" not in q.search.space
     spec_lib.from_dict(q.to_dict())  # still a valid spec
+
+
+@pytest.mark.parametrize("kw,share", [
+    # GPU trials pay their GPUs' share of a GPU node, whose price covers its CPUs.
+    ({"use_gpu": True, "num_workers": 2, "gpus_per_worker": 0.5, "cpus_per_worker": 4.0}, 1 / 8),
+    ({"num_workers": 2, "cpus_per_worker": 4.0}, 8 / 16),
+    ({"num_workers": 4, "cpus_per_worker": 8.0}, 2.0),  # more than one node
+])
+def test_a_trial_pays_its_share_of_a_node(kw, share):
+    from raytune_ctr.spec import CostSpec, ResourceSpec, hour_usd
+
+    cost = CostSpec(node_hour_usd={"cpu": 0.8, "gpu": 24.0},
+                    spot_node_hour_usd={"cpu": 0.2, "gpu": 8.0}, node_cpus=16.0, node_gpus=8.0)
+    r = ResourceSpec(**kw)
+    price = 24.0 if r.use_gpu else 0.8
+    assert hour_usd(r, cost) == pytest.approx(price * share)
+    spot = dataclasses.replace(cost, market="spot")
+    assert hour_usd(r, spot) == pytest.approx((8.0 if r.use_gpu else 0.2) * share)
+    assert hour_usd(r, CostSpec()) is None

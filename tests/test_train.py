@@ -133,25 +133,6 @@ def test_cost_bills_the_time_the_workers_were_held(digits_dir):
                hour_usd=0.0)[0]["cost_usd"] == 0.0
 
 
-@pytest.mark.parametrize("kw,share", [
-    # GPU trials pay their GPUs' share of a GPU node, whose price covers its CPUs.
-    ({"use_gpu": True, "num_workers": 2, "gpus_per_worker": 0.5, "cpus_per_worker": 4.0}, 1 / 8),
-    ({"num_workers": 2, "cpus_per_worker": 4.0}, 8 / 16),
-    ({"num_workers": 4, "cpus_per_worker": 8.0}, 2.0),  # more than one node
-])
-def test_a_trial_pays_its_share_of_a_node(kw, share):
-    from raytune_ctr.spec import ResourceSpec
-
-    prices = {"node_hour_usd": {"cpu": 0.8, "gpu": 24.0},
-              "spot_node_hour_usd": {"cpu": 0.2, "gpu": 8.0}, "node_cpus": 16.0, "node_gpus": 8.0}
-    r = ResourceSpec(**kw, **prices)
-    price = 24.0 if r.use_gpu else 0.8
-    assert r.hour_usd == pytest.approx(price * share)
-    spot = dataclasses.replace(r, market="spot")
-    assert spot.hour_usd == pytest.approx((8.0 if r.use_gpu else 0.2) * share)
-    assert ResourceSpec(**kw).hour_usd is None
-
-
 def test_an_objective_this_run_cannot_measure_fails_before_training(digits_dir):
     with pytest.raises(ValueError, match="objective mfu cannot be measured here: no known peak"):
         fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), require=("mfu",))

@@ -506,12 +506,12 @@ def _serve_job(job: dict, coordinator, rank: int, world: int, device) -> None:
         early = err
     error = None
     try:
-        train.fit(job["data"], job["train"], device=device, rank=rank, world=world,
-                  wrap=ray.train.torch.prepare_model, report=report, state=state,
-                  peak_tflops=res.peak_tflops, hour_usd=job["hour_usd"],
-                  memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
-                  require=tuple(job["objectives"]), flops=job["flops"], load=data.load_cached,
-                  ready=lambda err: _agree(early or err, world))
+        ctx = train.Context(device=device, rank=rank, world=world,
+                            wrap=ray.train.torch.prepare_model, report=report,
+                            ready=lambda err: _agree(early or err, world),
+                            load=data.load_cached, flops=job["flops"])
+        train.fit(job["data"], job["train"], res, ctx=ctx, state=state,
+                  require=tuple(job["objectives"]), hour_usd=job["hour_usd"])
         if waiting:  # the trial has said what it will of the last epoch
             verdict(waiting.pop())
     except _Stopped:

@@ -20,8 +20,10 @@ import os
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from torch import nn
 from raytune_ctr import data, hardware, metrics, models, trace
 from raytune_ctr.fingerprint import fingerprint
 from raytune_ctr.results import HISTORY_FILE, STATE_FILE
-from raytune_ctr.spec import DataSpec, Spec, TrainSpec, candidates
+from raytune_ctr.spec import DataSpec, ResourceSpec, Spec, TrainSpec, candidates
 
 
 @functools.cache
@@ -148,69 +150,301 @@ def check_memory(limit_mb: float | None) -> None:
                           f"resources.max_memory_gb ({limit_mb / 1024:g} GB per worker)")
 
 
-def train_epoch(model: nn.Module, ds, opt, sched, per_batch: bool, *, batch_size: int,
-                rank: int, world: int, seed: int, device: torch.device, loader_workers: int = 0,
-                precision: str = "fp32", memory_format=torch.contiguous_format,
-                memory_limit_mb: float | None = None):
+@dataclass(frozen=True)
+class Context:
+    """Where `fit` runs and whom it tells: the device; this rank in a group of `world`;
+    how to wrap the net (DDP); who gets each epoch, `report(metrics, state)`; who hears,
+    on every rank, whether set-up failed before the first collective call, `ready`;
+    how datasets load (a trial process keeps them); FLOP counts made before the sweep
+    (`flops_key` -> FLOPs per sample)."""
+
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world: int = 1
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+    report: Callable[[dict, dict | None], None] | None = None
+    ready: Callable[[BaseException | None], None] | None = None
+    load: Callable[..., data.Datasets] = data.load
+    flops: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What set-up made, for the epochs."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    per_batch: bool  # the schedule steps per batch, not per epoch
+    ds: data.Datasets
+    loader_workers: int  # DataLoader processes, for on-disk sets
+    per_rank: int  # this rank's share of the global batch
+    fmt: torch.memory_format
+    flops: float  # training FLOPs per sample
+    peak: float | None  # the device's peak TFLOP/s for this precision, when known
+    facts: dict  # the fingerprint (env_*) and what the fast path chose
+    setup_time: float
+    memory_limit_mb: float | None
+
+
+@dataclass(frozen=True)
+class Sums:
+    """An epoch's counts and times, summed (times: the slowest rank) over the group."""
+
+    loss: float
+    correct: float
+    n: float
+    test_loss: float
+    test_correct: float
+    true_pos: float  # class 1 predicted and true
+    n_pos_pred: float
+    n_pos_true: float
+    n_test: float
+    elapsed: float
+    data_time: float
+    eval_time: float
+    rss_mb: float
+    gpu_util: float  # NaN when not sampled
+    cuda_mb: float | None
+
+
+LOCAL = Context()  # one process, no group, no report
+ONE_WORKER = ResourceSpec()
+
+
+def fit(data_spec: DataSpec, train: TrainSpec, resources: ResourceSpec = ONE_WORKER, *,
+        ctx: Context = LOCAL, state: dict | None = None, require: tuple[str, ...] = (),
+        hour_usd: float | None = None) -> list[dict]:
+    """Train `train.epochs` epochs, calling `ctx.report(metrics, state)` after each; return
+    the epochs' metrics. `state`, one that `report` was given, continues that run after
+    its epoch as if it had never stopped (when it was the last epoch, `report` gets
+    the final metrics once more, with state None). A metric in `require` (the sweep's
+    objectives) that this run cannot measure fails it before training. `hour_usd`:
+    what an hour of the trial's share of a node costs (cost_usd)."""
+    run = _setup(data_spec, train, resources, ctx, state, require, hour_usd)
+    start, train_time, wall_time, before = _continue(run, train, ctx, state)
+    history = []
+    for epoch in range(start + 1, train.epochs + 1):
+        sums = _epoch(run, train, ctx, epoch)
+        train_time += sums.elapsed
+        wall_time += sums.elapsed + sums.eval_time
+        metrics = _epoch_metrics(run, sums, epoch, train_time, wall_time, hour_usd, ctx.world)
+        if not math.isfinite(metrics["train_loss"]):
+            # A diverged trial is a failure, never a low score.
+            raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
+                                     f"(lr={train.lr}, optimizer={train.optimizer})")
+        metrics |= run.facts | {"resumed_from_epoch": start}
+        history.append(metrics)
+        trace.mark("epoch_done", epoch=epoch)
+        if ctx.report is not None:
+            ctx.report(metrics, _state(run, ctx, epoch, metrics, before + history))
+            trace.mark("reported", epoch=epoch)
+    return history
+
+
+def _continue(run: Run, train: TrainSpec, ctx: Context,
+              state: dict | None) -> tuple[int, float, float, list[dict]]:
+    """(epochs done, train time, wall time, their history): none, or those of `state`,
+    whose weights and random streams come back."""
+    if state is None:
+        return 0, 0.0, run.setup_time, []
+    # Last, on every rank: the compile warm-up moves BatchNorm's running stats, and
+    # set-up (FLOP counting, warm-up) draws random numbers.
+    _bare(run.model).load_state_dict(state["model"])
+    set_rng_state(state["rng"], ctx.device)
+    done, seen = state["epoch"], state["metrics"]
+    if done >= train.epochs and ctx.report is not None:
+        # Stopped after its last checkpoint: say the final result once more.
+        ctx.report(seen | {"resumed_from_epoch": done}, None)
+    # A restart's set-up is paid too.
+    return done, seen["train_time_s"], run.setup_time + seen["wall_time_s"], state["history"]
+
+
+def _state(run: Run, ctx: Context, epoch: int, metrics: dict, history: list[dict]) -> dict:
+    """Everything a run needs to go on after `epoch` as if it had never stopped."""
+    return {"epoch": epoch, "metrics": metrics, "history": history,
+            "model": _bare(run.model).state_dict(), "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict() if run.sched else None,
+            "rng": rng_state(ctx.device)}
+
+
+def _setup(data_spec: DataSpec, train: TrainSpec, resources: ResourceSpec, ctx: Context,
+           state: dict | None, require: tuple[str, ...], hour_usd: float | None) -> Run:
+    """Seed, load the data, build the net and its optimizer, check the objectives."""
+    device = ctx.device
+    t0 = time.perf_counter()
+    trace.mark("setup_start")
+    error = None
+    try:  # the part that makes no collective call
+        keep_freed_memory()
+        reset_peak_rss()
+        seed_everything(train.seed, train.deterministic)
+        source = models.hf_source(train.model)
+        ds = ctx.load(data_spec, data.Tokenize(source, train.max_seq_length) if source else None)
+        on_device = data.place(ds, device, data_spec.data_on_device)
+        trace.mark("setup_data")
+        model = models.build(train.model, ds.input_shape, ds.num_classes,
+                             hidden=train.hidden).to(device)
+        trace.mark("setup_model")
+        dtype = ds.train.x.dtype if ds.in_memory else torch.float32
+        key = flops_key(train, ds.input_shape, ds.num_classes, dtype)
+        # Counting imports torch._dynamo (seconds); a sweep counts once, in the driver.
+        flops = ctx.flops[key] if key in ctx.flops else hardware.flops_per_sample(
+            model, ds.input_shape, ds.num_classes, device, dtype=dtype)
+        trace.mark("setup_flops")
+        conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        channels_last = train.channels_last is True or (
+            train.channels_last == "auto" and device.type == "cuda" and conv)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        env = {f"env_{k}": v for k, v in fingerprint(device).items()}
+        peak = hardware.peak_tflops(env["env_gpu_name"],
+                                    hardware.math_precision(train.precision, conv),
+                                    resources.peak_tflops)
+        _check_measurable(require, peak=peak, hour_usd=hour_usd, device=device,
+                          two_class=ds.num_classes == 2, gpu=env["env_gpu_name"])
+    except Exception as err:  # noqa: BLE001 - raised below, after `ready` has seen it
+        error = err
+    if ctx.ready is not None:
+        ctx.ready(error)
+    if error is not None:
+        raise error
+    if ctx.wrap is not None:
+        model = ctx.wrap(model)  # DDP: the first collective call
+    if train.compile:
+        model = torch.compile(model)
+    per_rank = max(1, train.batch_size // ctx.world)
+    steps = math.ceil(math.ceil(len(ds.train) / ctx.world) / per_rank)
+    opt = make_optimizer(train, model.parameters())
+    sched, per_batch = make_schedule(train, opt, steps)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+    if train.compile:
+        _warm_up(model, ds, per_rank, device, train.precision, fmt)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trace.mark("setup_done")
+    return Run(model, opt, sched, per_batch, ds, data_spec.loader_workers, per_rank, fmt, flops,
+               peak,
+               env | {"data_on_device_used": on_device, "channels_last_used": channels_last},
+               time.perf_counter() - t0,
+               resources.max_memory_gb * 1024 if resources.max_memory_gb else None)
+
+
+def _epoch(run: Run, train: TrainSpec, ctx: Context, epoch: int) -> Sums:
+    """Train one epoch and evaluate; the counts summed over the group."""
+    with hardware.GpuUtilization(ctx.device) as util:
+        # Same permutation on every rank for an epoch, different across epochs.
+        loss, correct, n, elapsed, data_time = _train_pass(
+            run, ctx, seed=train.seed * 100_003 + epoch, precision=train.precision)
+    if run.sched is not None and not run.per_batch:
+        run.sched.step()
+    t_eval = time.perf_counter()
+    test = _evaluate(run, ctx, batch_size=train.test_batch_size, precision=train.precision)
+    check_memory(run.memory_limit_mb)
+    eval_time = time.perf_counter() - t_eval
+    loss, correct, n, *test = _reduce([loss, correct, n, *test])
+    slowest = dist.ReduceOp.MAX if ctx.world > 1 else None
+    elapsed, data_time, eval_time, rss = _reduce(
+        [elapsed, data_time, eval_time, peak_rss_mb()], slowest)
+    # Every rank joins each reduction (NaN where NVML gave nothing): a collective
+    # that only some ranks enter would hang the group.
+    gpu_util = _reduce([float("nan") if util.mean is None else util.mean])[0] / ctx.world
+    cuda_mb = _reduce([torch.cuda.max_memory_allocated(ctx.device) / 2**20], slowest)[0] \
+        if ctx.device.type == "cuda" else None
+    return Sums(loss, correct, n, *test, elapsed, data_time, eval_time, rss, gpu_util, cuda_mb)
+
+
+def _epoch_metrics(run: Run, s: Sums, epoch: int, train_time: float, wall_time: float,
+                   hour_usd: float | None, world: int) -> dict:
+    """The epoch's metrics (metrics.METRICS) from its sums; those this run cannot
+    measure are left out, never 0."""
+    m = {
+        "epoch": epoch,
+        "train_loss": s.loss / s.n, "train_acc": 100.0 * s.correct / s.n,
+        "test_loss": s.test_loss / s.n_test, "test_acc": 100.0 * s.test_correct / s.n_test,
+        "epoch_time_s": s.elapsed, "train_time_s": train_time, "data_time_s": s.data_time,
+        "eval_time_s": s.eval_time, "setup_time_s": run.setup_time, "wall_time_s": wall_time,
+        "samples_per_s": s.n / s.elapsed, "peak_rss_mb": s.rss_mb,
+        "flops_per_sample": run.flops, "tflops": run.flops * s.n / s.elapsed / 1e12,
+    }
+    if run.ds.num_classes == 2:
+        pos = s.n_pos_pred + s.n_pos_true
+        m["test_f1"] = 100.0 * 2 * s.true_pos / pos if pos else 0.0
+    if hour_usd is not None:
+        m["cost_usd"] = wall_time / 3600 * hour_usd
+    if run.peak:
+        m["mfu"] = m["tflops"] / (run.peak * world)
+    if math.isfinite(s.gpu_util):
+        m["gpu_util"] = s.gpu_util
+    if s.cuda_mb is not None:
+        m["peak_cuda_mb"] = s.cuda_mb
+    m["peak_memory_mb"] = m.get("peak_cuda_mb", s.rss_mb)
+    return m
+
+
+def _train_pass(run: Run, ctx: Context, *, seed: int, precision: str):
+    model, opt, device = run.model, run.opt, ctx.device
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n, data_time = 0, 0.0
     _sync(device)
     start = time.perf_counter()
-    it = data.batches(ds, batch_size, rank=rank, world=world, seed=seed, device=device,
-                      loader_workers=loader_workers)
+    it = data.batches(run.ds.train, run.per_rank, rank=ctx.rank, world=ctx.world, seed=seed,
+                      device=device, loader_workers=run.loader_workers)
     for wait, (x, y) in data.timed(it):
         data_time += wait
-        x = x.contiguous(memory_format=memory_format)
+        x = x.contiguous(memory_format=run.fmt)
         opt.zero_grad(set_to_none=True)
         with _autocast(device, precision):
             out = model(x)
             loss = F.cross_entropy(out, y)
         loss.backward()
         opt.step()
-        if per_batch:
-            sched.step()
+        if run.per_batch:
+            run.sched.step()
         # Accumulate on the device: a .item() per step would stall the GPU.
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         n += len(y)
-        check_memory(memory_limit_mb)  # the high-water mark: it sees peaks inside the step
+        check_memory(run.memory_limit_mb)  # the high-water mark: it sees peaks inside the step
     _sync(device)
-    elapsed = time.perf_counter() - start
-    return float(loss_sum), int(correct), n, elapsed, data_time
+    return float(loss_sum), int(correct), n, time.perf_counter() - start, data_time
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds, *, batch_size: int, rank: int, world: int,
-             device: torch.device, loader_workers: int = 0, precision: str = "fp32",
-             memory_format=torch.contiguous_format):
+def _evaluate(run: Run, ctx: Context, *, batch_size: int, precision: str) -> list[float]:
+    """[loss sum, correct, true positives, predicted positives, actual positives, n]."""
     # The bare module: DDP's forward would sync buffers, and ranks may hold
     # different numbers of test batches.
-    net = _bare(model)
+    net, device = _bare(run.model), ctx.device
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    # correct, then for class 1: true positives, predicted positives, actual positives
     counts = torch.zeros(4, device=device, dtype=torch.long)
-    n = 0
-    for x, y in data.batches(ds, batch_size, rank=rank, world=world, seed=None, train=False,
-                             device=device, loader_workers=loader_workers):
+    n_test = 0
+    for x, y in data.batches(run.ds.test, batch_size, rank=ctx.rank, world=ctx.world, seed=None,
+                             train=False, device=device, loader_workers=run.loader_workers):
         with _autocast(device, precision):
-            out = net(x.contiguous(memory_format=memory_format))
+            out = net(x.contiguous(memory_format=run.fmt))
         loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
         pred = out.argmax(1)
         counts += torch.stack([(pred == y).sum(), ((pred == 1) & (y == 1)).sum(),
                                (pred == 1).sum(), (y == 1).sum()])
-        n += len(y)
-    return float(loss_sum), *map(int, counts.tolist()), n
+        n_test += len(y)
+    correct, true_pos, n_pos_pred, n_pos_true = map(int, counts.tolist())
+    return [float(loss_sum), correct, true_pos, n_pos_pred, n_pos_true, n_test]
 
 
-def _warm_up(model: nn.Module, ds, batch_size: int, device: torch.device, fast: dict) -> None:
+def _warm_up(model: nn.Module, ds, batch_size: int, device: torch.device, precision: str,
+             fmt) -> None:
     """Compile forward and backward on one batch before the clock starts; no step is
     taken, so the weights stay as seeded."""
     x, y = next(data.batches(ds.train, batch_size, seed=0, device=device))
-    with _autocast(device, fast["precision"]):
-        loss = F.cross_entropy(model(x.contiguous(memory_format=fast["memory_format"])), y)
+    with _autocast(device, precision):
+        loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
     loss.backward()
     model.zero_grad(set_to_none=True)
     _sync(device)
@@ -239,160 +473,6 @@ def reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM and ru_maxrss
     except OSError:
         pass
-
-
-def fit(data_spec: DataSpec, spec: TrainSpec, *, device: torch.device | None = None,
-        rank: int = 0, world: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
-        report: Callable[[dict, dict], None] | None = None, loader_workers: int | None = None,
-        peak_tflops: float | None = None, hour_usd: float | None = None,
-        state: dict | None = None, memory_limit_mb: float | None = None,
-        require: tuple[str, ...] = (), flops: dict[str, float] | None = None,
-        load: Callable[..., data.Datasets] = data.load,
-        ready: Callable[[BaseException | None], None] | None = None) -> list[dict]:
-    """Train `spec.epochs` epochs, calling `report(metrics, state)` after each; return the
-    epochs' metrics. `state`, one that `report` was given, continues that run after
-    its epoch as if it had never stopped (when it was the last epoch, `report` gets
-    the final metrics once more, with state None). A metric in `require` (the
-    sweep's objectives) that this run cannot measure fails it before training.
-    `flops` holds FLOP counts made before the sweep (see `flops_key`); `load`
-    loads the datasets (a trial process passes its per-process cache). `ready`
-    gets the set-up's error or None before the first collective call, on every
-    rank (a pool's ranks agree there to leave a job together)."""
-    device = device or torch.device("cpu")
-    per_rank = max(1, spec.batch_size // world)
-    t0 = time.perf_counter()
-    trace.mark("setup_start")
-    error = None
-    try:  # the set-up that makes no collective call
-        keep_freed_memory()
-        reset_peak_rss()
-        seed_everything(spec.seed, spec.deterministic)
-        source = models.hf_source(spec.model)
-        ds = load(data_spec, data.Tokenize(source, spec.max_seq_length) if source else None)
-        on_device = data.place(ds, device, data_spec.data_on_device)
-        trace.mark("setup_data")
-        model = models.build(spec.model, ds.input_shape, ds.num_classes,
-                             hidden=spec.hidden).to(device)
-        trace.mark("setup_model")
-        dtype = ds.train.x.dtype if ds.in_memory else torch.float32
-        key = flops_key(spec, ds.input_shape, ds.num_classes, dtype)
-        if flops is None or key not in flops:
-            # Counting imports torch._dynamo (seconds); a sweep counts once, in the driver.
-            flops = {key: hardware.flops_per_sample(model, ds.input_shape, ds.num_classes,
-                                                    device, dtype=dtype)}
-        flops = flops[key]
-        trace.mark("setup_flops")
-        conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        channels_last = spec.channels_last is True or (
-            spec.channels_last == "auto" and device.type == "cuda" and conv)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.to(memory_format=fmt)
-        env = {f"env_{k}": v for k, v in fingerprint(device).items()}
-        peak = hardware.peak_tflops(env["env_gpu_name"],
-                                    hardware.math_precision(spec.precision, conv), peak_tflops)
-        _check_measurable(require, peak=peak, hour_usd=hour_usd, device=device,
-                          two_class=ds.num_classes == 2, gpu=env["env_gpu_name"])
-    except Exception as err:  # noqa: BLE001 - raised below, after `ready` has seen it
-        error = err
-    if ready is not None:
-        ready(error)
-    if error is not None:
-        raise error
-    if wrap is not None:
-        model = wrap(model)  # DDP: the first collective call
-    if spec.compile:
-        model = torch.compile(model)
-    steps = math.ceil(math.ceil(len(ds.train) / world) / per_rank)
-    opt = make_optimizer(spec, model.parameters())
-    sched, per_batch = make_schedule(spec, opt, steps)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-    lw = data_spec.loader_workers if loader_workers is None else loader_workers
-    fast = {"precision": spec.precision, "memory_format": fmt}
-    if spec.compile:
-        _warm_up(model, ds, per_rank, device, fast)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    setup_time = time.perf_counter() - t0
-    trace.mark("setup_done")
-
-    history, train_time, wall_time, start, before = [], 0.0, setup_time, 0, []
-    if state is not None:
-        # Last, on every rank: the compile warm-up moves BatchNorm's running stats, and
-        # set-up (FLOP counting, warm-up) draws random numbers.
-        _bare(model).load_state_dict(state["model"])
-        set_rng_state(state["rng"], device)
-        start, train_time = state["epoch"], state["metrics"]["train_time_s"]
-        # A restart's set-up is paid too (checkpoints before wall_time_s: train time).
-        wall_time += state["metrics"].get("wall_time_s", train_time)
-        before = state["history"]
-        if start >= spec.epochs and report is not None:
-            # Stopped after its last checkpoint: say the final result once more.
-            report(state["metrics"] | {"resumed_from_epoch": start}, None)
-    for epoch in range(start + 1, spec.epochs + 1):
-        # Same permutation on every rank for an epoch, different across epochs.
-        with hardware.GpuUtilization(device) as util:
-            loss, correct, n, elapsed, data_time = train_epoch(
-                model, ds.train, opt, sched, per_batch, batch_size=per_rank, rank=rank,
-                world=world, seed=spec.seed * 100_003 + epoch, device=device, loader_workers=lw,
-                memory_limit_mb=memory_limit_mb, **fast)
-        if sched is not None and not per_batch:
-            sched.step()
-        t_eval = time.perf_counter()
-        tloss, tcorrect, tp, ppos, apos, tn = evaluate(
-            model, ds.test, batch_size=spec.test_batch_size, rank=rank, world=world,
-            device=device, loader_workers=lw, **fast)
-        check_memory(memory_limit_mb)
-        eval_time = time.perf_counter() - t_eval
-        loss, correct, n, tloss, tcorrect, tp, ppos, apos, tn = _reduce(
-            [loss, correct, n, tloss, tcorrect, tp, ppos, apos, tn])
-        elapsed, data_time, eval_time, rss = _reduce(
-            [elapsed, data_time, eval_time, peak_rss_mb()], dist.ReduceOp.MAX if world > 1 else None)
-        train_time += elapsed
-        wall_time += elapsed + eval_time
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss / n, "train_acc": 100.0 * correct / n,
-            "test_loss": tloss / tn, "test_acc": 100.0 * tcorrect / tn,
-            "epoch_time_s": elapsed, "train_time_s": train_time,
-            "data_time_s": data_time, "eval_time_s": eval_time, "setup_time_s": setup_time,
-            "wall_time_s": wall_time,
-            "samples_per_s": n / elapsed, "peak_rss_mb": rss,
-            "flops_per_sample": flops, "tflops": flops * n / elapsed / 1e12,
-        }
-        if ds.num_classes == 2:
-            metrics["test_f1"] = 100.0 * 2 * tp / (ppos + apos) if ppos + apos else 0.0
-        if hour_usd is not None:
-            metrics["cost_usd"] = wall_time / 3600 * hour_usd
-        if peak:
-            metrics["mfu"] = metrics["tflops"] / (peak * world)
-        # Every rank joins the reduction (NaN where NVML gave nothing): a collective
-        # that only some ranks enter would hang the group.
-        gpu_util = _reduce([float("nan") if util.mean is None else util.mean])[0] / world
-        if math.isfinite(gpu_util):
-            metrics["gpu_util"] = gpu_util
-        if device.type == "cuda":
-            metrics["peak_cuda_mb"] = _reduce([torch.cuda.max_memory_allocated(device) / 2**20],
-                                              dist.ReduceOp.MAX if world > 1 else None)[0]
-        metrics["peak_memory_mb"] = metrics.get("peak_cuda_mb", rss)
-        if not math.isfinite(metrics["train_loss"]):
-            # A diverged trial is a failure, never a low score.
-            raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
-                                     f"(lr={spec.lr}, optimizer={spec.optimizer})")
-        metrics |= env | {"data_on_device_used": on_device, "channels_last_used": channels_last,
-                           "resumed_from_epoch": start}
-        history.append(metrics)
-        trace.mark("epoch_done", epoch=epoch)
-        if report is not None:
-            report(metrics, {"epoch": epoch, "metrics": metrics, "history": before + history,
-                             "model": _bare(model).state_dict(),
-                             "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict() if sched is not None else None,
-                             "rng": rng_state(device)})
-            trace.mark("reported", epoch=epoch)
-    return history
 
 
 def flops_key(spec: TrainSpec, shape: tuple[int, ...], num_classes: int, dtype) -> str:

@@ -64,11 +64,11 @@ def _train_here(job: dict, extra: dict) -> None:
         trace.mark("state_serialized")
         _report(metrics | extra, files)
 
-    train_lib.fit(job["data"], job["train"], device=device, report=report,
+    ctx = train_lib.Context(device=device, report=report, load=data.load_cached,
+                            flops=job["flops"])
+    train_lib.fit(job["data"], job["train"], res, ctx=ctx,
                   state=train_lib.load_state(job["state"]) if job["state"] else None,
-                  peak_tflops=res.peak_tflops, hour_usd=job["hour_usd"],
-                  memory_limit_mb=res.max_memory_gb * 1024 if res.max_memory_gb else None,
-                  require=tuple(job["objectives"]), flops=job["flops"], load=data.load_cached)
+                  require=tuple(job["objectives"]), hour_usd=job["hour_usd"])
 
 
 def _relay(job: dict, extra: dict, coordinator) -> None:

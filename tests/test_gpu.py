@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from raytune_ctr.spec import DataSpec, TrainSpec
-from raytune_ctr.train import fit
+from raytune_ctr.train import Context, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU; this machine has none")
@@ -21,7 +21,7 @@ CUDA = torch.device("cuda")
 
 def test_fast_path_reports_gpu_figures(data_dir):
     spec = TrainSpec(epochs=2, batch_size=32, precision="bf16")
-    m = fit(DataSpec(data_dir=data_dir), spec, device=CUDA)[-1]
+    m = fit(DataSpec(data_dir=data_dir), spec, ctx=Context(device=CUDA))[-1]
     assert m["data_on_device_used"] is True  # auto: digits fits, so it moved once
     assert m["channels_last_used"] is True  # auto: a conv net on CUDA
     assert m["peak_cuda_mb"] > 0 and m["tflops"] > 0
@@ -36,8 +36,8 @@ def test_fast_path_reports_gpu_figures(data_dir):
 def test_device_resident_data_matches_the_loader_path(data_dir):
     """Same seed, same batches: holding the data on the GPU changes speed, not results."""
     spec = TrainSpec(model="mlp", epochs=2, batch_size=64, optimizer="adam", lr=1e-3, seed=5)
-    moved = fit(DataSpec(data_dir=data_dir, data_on_device=True), spec, device=CUDA)[-1]
-    loader = fit(DataSpec(data_dir=data_dir, data_on_device=False), spec, device=CUDA)[-1]
+    moved = fit(DataSpec(data_dir=data_dir, data_on_device=True), spec, ctx=Context(device=CUDA))[-1]
+    loader = fit(DataSpec(data_dir=data_dir, data_on_device=False), spec, ctx=Context(device=CUDA))[-1]
     assert moved["data_on_device_used"] and not loader["data_on_device_used"]
     assert abs(moved["test_acc"] - loader["test_acc"]) <= 1.0  # 450 test images: 0.22 each
 
@@ -47,7 +47,7 @@ def test_compiled_bf16_learns(data_dir):
     # job: on digits' 450 test images two short runs differ by several points (4.2
     # measured between eager fp32 and compiled bf16 at 2 epochs).
     spec = TrainSpec(epochs=3, batch_size=32, seed=1, precision="bf16", compile=True)
-    hist = fit(DataSpec(data_dir=data_dir), spec, device=CUDA)
+    hist = fit(DataSpec(data_dir=data_dir), spec, ctx=Context(device=CUDA))
     assert all(math.isfinite(m["train_loss"]) for m in hist)
     assert hist[-1]["test_acc"] > 85.0 and hist[-1]["setup_time_s"] > hist[-1]["epoch_time_s"]
 

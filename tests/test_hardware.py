@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from raytune_ctr import hardware, models
-from raytune_ctr.spec import DataSpec, TrainSpec
+from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec
 from raytune_ctr.train import fit
 
 
@@ -58,7 +58,7 @@ def test_fit_reports_flops_and_mfu_only_with_a_known_peak(tmp_path):
     assert m["flops_per_sample"] > 0
     assert m["tflops"] == pytest.approx(m["flops_per_sample"] * m["samples_per_s"] / 1e12)
     assert "mfu" not in m and "gpu_util" not in m  # absent on CPU, never 0
-    m = fit(data, spec, peak_tflops=0.5)[0]
+    m = fit(data, spec, ResourceSpec(peak_tflops=0.5))[0]
     assert m["mfu"] == pytest.approx(m["tflops"] / 0.5)
 
 

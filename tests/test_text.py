@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("transformers", reason='the nlp extra: pip install -e ".[nlp]"')
 
 from raytune_ctr import data, text  # noqa: E402
-from raytune_ctr.spec import DataSpec, TrainSpec  # noqa: E402
-from raytune_ctr.train import fit  # noqa: E402
+from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec  # noqa: E402
+from raytune_ctr.train import Context, fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def test_f1_counts_the_positive_class(tiny):
                      lr_schedule="none", max_seq_length=24)
     d = DataSpec(dataset="glue-mrpc", data_dir=str(folder))
     seen = {}
-    m = fit(d, spec, report=lambda metrics, state: seen.update(state=state))[0]
+    m = fit(d, spec, ctx=Context(report=lambda metrics, state: seen.update(state=state)))[0]
     from raytune_ctr import models
 
     ds = data.load(d, data.Tokenize(str(model), 24))
@@ -91,7 +91,7 @@ def test_over_the_memory_limit_is_out_of_memory_not_a_silent_kill(tiny):
     with pytest.raises(MemoryError, match=r"out of memory: peak RSS \d+ MB is over "
                        r"resources.max_memory_gb \(0.01 GB per worker\)"):
         fit(DataSpec(dataset="glue-mrpc", data_dir=str(folder)), spec,
-            memory_limit_mb=0.01 * 1024)
+            ResourceSpec(max_memory_gb=0.01))
 
 
 def sweep_offline(*args, hf_home):

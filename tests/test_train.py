@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from raytune_ctr.metrics import METRICS
-from raytune_ctr.spec import DataSpec, TrainSpec
-from raytune_ctr.train import fit, make_optimizer, make_schedule
+from raytune_ctr.spec import DataSpec, ResourceSpec, TrainSpec
+from raytune_ctr.train import Context, fit, make_optimizer, make_schedule
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def digits_dir(tmp_path_factory):
 def test_mnist_cnn_learns_digits_and_reports_every_metric(digits_dir):
     seen = []
     hist = fit(DataSpec(data_dir=digits_dir), TrainSpec(epochs=2, batch_size=32),
-               report=lambda m, state: seen.append(m))
+               ctx=Context(report=lambda m, state: seen.append(m)))
     assert seen == hist and [m["epoch"] for m in hist] == [1, 2]
     assert hist[-1]["test_acc"] > 85.0
     # GPU-only figures, cost without prices and F1 of a 10-class task are absent, not 0.
@@ -59,7 +59,7 @@ def test_resumed_run_continues_bit_for_bit(digits_dir, sched):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        fit(DataSpec(data_dir=digits_dir), spec, report=stop_after_2)
+        fit(DataSpec(data_dir=digits_dir), spec, ctx=Context(report=stop_after_2))
     state = torch.load(io.BytesIO(saved["state"]), weights_only=False)
     rest = fit(DataSpec(data_dir=digits_dir), spec, state=state)
     keys = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
@@ -74,10 +74,10 @@ def test_resumed_run_continues_bit_for_bit(digits_dir, sched):
 def test_a_state_after_the_last_epoch_reports_the_result_again(digits_dir):
     spec = TrainSpec(model="mlp", epochs=1, optimizer="adam", lr=1e-3)
     states = []
-    fit(DataSpec(data_dir=digits_dir), spec, report=lambda m, s: states.append(s))
+    fit(DataSpec(data_dir=digits_dir), spec, ctx=Context(report=lambda m, s: states.append(s)))
     again = []
     assert fit(DataSpec(data_dir=digits_dir), spec, state=states[-1],
-               report=lambda m, s: again.append(m)) == []
+               ctx=Context(report=lambda m, s: again.append(m))) == []
     assert again[0]["test_acc"] == states[-1]["metrics"]["test_acc"]
 
 
@@ -138,7 +138,7 @@ def test_an_objective_this_run_cannot_measure_fails_before_training(digits_dir):
         fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), require=("mfu",))
     with pytest.raises(ValueError, match="objective test_f1 cannot be measured here: two-class"):
         fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), require=("test_f1",))
-    m = fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), peak_tflops=1.0,
+    m = fit(DataSpec(data_dir=digits_dir), TrainSpec(model="mlp", epochs=1), ResourceSpec(peak_tflops=1.0),
             require=("mfu", "test_acc"))[0]
     assert m["mfu"] > 0
 

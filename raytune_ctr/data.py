@@ -1,9 +1,10 @@
 """Datasets: one registry, prepared once per node, batched the same way for every model.
 
-Small sets (digits, MNIST, Fashion-MNIST, synthetic) are decoded into tensors
-once and batched by indexing, with no DataLoader; on-disk image folders go
-through a DataLoader with a DistributedSampler. Either way each Train worker
+Small sets (digits, MNIST, Fashion-MNIST, synthetic, tokenized text) are decoded
+into tensors once and batched by indexing, with no DataLoader; on-disk image
+folders go through a DataLoader over this rank's indices. Either way each rank
 sees its own shard, the same size on every rank, so DDP steps stay in lockstep.
+Adding a dataset is one `@register` entry here (and its test).
 """
 
 from __future__ import annotations
@@ -78,43 +79,52 @@ class TensorSet(Dataset):
         return self.x.nbytes + self.y.nbytes
 
 
-REGISTRY: dict[str, Callable[[DataSpec], Datasets]] = {}
-SHAPES: dict[str, Callable[[DataSpec], tuple[int, int, int] | None]] = {}
+@dataclass(frozen=True)
+class DatasetEntry:
+    load: Callable[[DataSpec, Tokenize | None], Datasets]
+    # The (C, H, W) it yields, known without loading it (None: only once loaded).
+    shape: Callable[[DataSpec], tuple[int, int, int] | None]
+    # `load` gives TensorSets, which data_on_device can hold on the GPU.
+    in_memory: bool = True
+    # Token ids of sentence pairs, tokenized for the trial's model (Tokenize).
+    text: bool = False
 
 
-def register(name: str, shape: Callable[[DataSpec], tuple[int, int, int] | None]):
+REGISTRY: dict[str, DatasetEntry] = {}
+
+
+def register(name: str, shape: Callable[[DataSpec], tuple[int, int, int] | None], *,
+             in_memory: bool = True, text: bool = False):
+    """Register `fn(spec, tokenize) -> Datasets` as dataset `name`."""
     def wrap(fn):
-        REGISTRY[name], SHAPES[name] = fn, shape
+        REGISTRY[name] = DatasetEntry(fn, shape, in_memory, text)
         return fn
 
     return wrap
 
 
+def entry(name: str) -> DatasetEntry:
+    if name not in REGISTRY:
+        raise SpecError("data.dataset", f"unknown dataset; one of {sorted(REGISTRY)}", name)
+    return REGISTRY[name]
+
+
 def input_shape(spec: DataSpec) -> tuple[int, int, int] | None:
     """The (C, H, W) a dataset yields, known without loading it (None if unknown)."""
-    check(spec)
-    return SHAPES[spec.dataset](spec)
-
-
-def check(spec: DataSpec) -> None:
-    if spec.dataset not in REGISTRY:
-        raise SpecError("data.dataset", f"unknown dataset; one of {sorted(REGISTRY)}", spec.dataset)
+    return entry(spec.dataset).shape(spec)
 
 
 def load(spec: DataSpec, tokenize: Tokenize | None = None) -> Datasets:
     """Load (and on first use on this node, fetch) a dataset. Safe to call from many
     workers. Text datasets need `tokenize`."""
-    check(spec)
+    found = entry(spec.dataset)
+    if found.text and tokenize is None:
+        raise DataError(f"{spec.dataset} is text: it is tokenized for the trial's model")
     root = Path(spec.data_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     # One fetch per node: concurrent workers wait on the lock, then find the files.
     with FileLock(str(root / f".{spec.dataset}.lock")):
-        if spec.dataset in TEXT:
-            if tokenize is None:
-                raise DataError(f"{spec.dataset} is text: it is tokenized for the trial's model")
-            ds = REGISTRY[spec.dataset](spec, tokenize)
-        else:
-            ds = REGISTRY[spec.dataset](spec)
+        ds = found.load(spec, tokenize)
     if spec.subset and spec.subset < len(ds.train):
         ds.train = _head(ds.train, spec.subset)
     return ds
@@ -160,7 +170,7 @@ def _write_cache(path: Path, sets: dict[str, TensorSet], **extra) -> None:
 
 
 @register("digits", lambda s: (1, 8, 8))
-def _digits(spec: DataSpec) -> Datasets:
+def _digits(spec: DataSpec, tokenize: None = None) -> Datasets:
     """scikit-learn's bundled 8x8 handwritten digits: offline, the embedded default.
 
     The split tensors are cached in data_dir: importing scikit-learn costs each
@@ -187,7 +197,7 @@ def _digits(spec: DataSpec) -> Datasets:
 
 
 @register("synthetic", lambda s: (s.channels, s.image_size or 32, s.image_size or 32))
-def _synthetic(spec: DataSpec) -> Datasets:
+def _synthetic(spec: DataSpec, tokenize: None = None) -> Datasets:
     """Random images and labels of a given shape, for throughput runs (accuracy is chance)."""
     size = spec.image_size or 32
     g = torch.Generator().manual_seed(0)
@@ -203,10 +213,7 @@ def _synthetic(spec: DataSpec) -> Datasets:
 
 # Sentence pairs, tokenized per (tokenizer, max_len) and cached as int64 (N, 2, L):
 # input_ids and attention_mask. Needs the `nlp` extra (raytune_ctr/text.py).
-TEXT = {"glue-mrpc"}
-
-
-@register("glue-mrpc", lambda s: None)  # (2, max_seq_length): known per trial
+@register("glue-mrpc", lambda s: None, text=True)  # (2, max_seq_length): known per trial
 def _glue_mrpc(spec: DataSpec, tokenize: Tokenize) -> Datasets:
     from raytune_ctr import text
 
@@ -284,7 +291,7 @@ def _download_idx(name: str, spec: DataSpec) -> Path:
 
 
 def _idx_dataset(name: str):
-    def loader(spec: DataSpec) -> Datasets:
+    def loader(spec: DataSpec, tokenize: None = None) -> Datasets:
         folder = _idx_source(name, spec) or _download_idx(name, spec)
         xtr, ytr, xte, yte = (read_idx(_idx_path(folder, f)) for f in IDX_FILES)
         mean, std = NORMALIZE[name]
@@ -318,8 +325,9 @@ class _Listed(Dataset):
         return self.transform(self.loader(path)), label
 
 
-@register("imagefolder", lambda s: (3, s.image_size, s.image_size) if s.image_size else None)
-def _imagefolder(spec: DataSpec) -> Datasets:
+@register("imagefolder", lambda s: (3, s.image_size, s.image_size) if s.image_size else None,
+          in_memory=False)
+def _imagefolder(spec: DataSpec, tokenize: None = None) -> Datasets:
     """Class-per-folder images in the tiny-imagenet-200 layout.
 
     train/<class>/[images/]*.JPEG, and either val/<class>/... or tiny-imagenet's
@@ -346,8 +354,8 @@ def _imagefolder(spec: DataSpec) -> Datasets:
     return Datasets(train, test, tuple(x0.shape), len(train.classes), str(root))
 
 
-# Sets `load` returns as TensorSets, which data_on_device can hold on the GPU.
-IN_MEMORY = {"digits", "synthetic", "mnist", "fashion-mnist", *TEXT}
+TEXT = {name for name, e in REGISTRY.items() if e.text}
+IN_MEMORY = {name for name, e in REGISTRY.items() if e.in_memory}
 
 
 def place(ds: Datasets, device: torch.device, mode: str | bool) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,28 +13,30 @@ from torch import nn
 from raytune_ctr.errors import SpecError
 
 Shape = tuple[int, int, int]  # C, H, W
-REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-MIN_SIZE: dict[str, int] = {}
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable[..., nn.Module]  # (shape, num_classes, hidden=...) -> the net
+    min_size: int = 1  # the smallest image side it takes, in px
+    text: bool = False  # a Hugging Face sequence classifier over token ids
 
 
-def register(name: str, min_size: int = 1):
+REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, min_size: int = 1, text: bool = False):
     def wrap(fn):
-        REGISTRY[name], MIN_SIZE[name] = fn, min_size
+        REGISTRY[name] = ModelEntry(fn, min_size, text)
         return fn
 
     return wrap
 
 
-# Text models (study S4) come from Hugging Face: these names, or hf:<hub id or folder>
-# for any sequence classifier. Built in raytune_ctr/text.py (the `nlp` extra).
-TEXT = {"distilbert-base-uncased"}
-
-
 def hf_source(name: str) -> str | None:
-    """The hub id or folder of a text model; None for the vision models."""
+    """The hub id or folder of a text model (a registered one, or hf:<hub id or
+    folder> for any sequence classifier); None for the vision models."""
     if name.startswith("hf:"):
         return os.path.expanduser(name[3:])
-    return name if name in TEXT else None
+    return name if name in REGISTRY and REGISTRY[name].text else None
 
 
 def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
@@ -42,20 +45,31 @@ def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
             raise SpecError(key, "hf: needs a hub id or a folder after it", name)
         return
     if name not in REGISTRY:
-        raise SpecError(key, f"unknown model; one of {sorted(REGISTRY | dict.fromkeys(TEXT))} "
-                        "or hf:<hub id or folder>", name)
-    if shape is not None and min(shape[1:]) < MIN_SIZE[name]:
-        raise SpecError(key, f"{name} needs inputs of at least {MIN_SIZE[name]}x{MIN_SIZE[name]} px "
+        raise SpecError(key, f"unknown model; one of {sorted(REGISTRY)} or hf:<hub id or folder>",
+                        name)
+    least = REGISTRY[name].min_size
+    if shape is not None and min(shape[1:]) < least:
+        raise SpecError(key, f"{name} needs inputs of at least {least}x{least} px "
                         f"but the dataset gives {shape[1]}x{shape[2]}", name)
 
 
 def build(name: str, shape: Shape, num_classes: int, *, hidden: tuple[int, ...] = (100,)) -> nn.Module:
     check(name, shape)
-    if (source := hf_source(name)) is not None:
-        from raytune_ctr import text
+    if name.startswith("hf:"):
+        return _hf(hf_source(name), num_classes)
+    return REGISTRY[name].build(shape, num_classes, hidden=hidden)
 
-        return text.classifier(source, num_classes)
-    return REGISTRY[name](shape, num_classes, hidden=hidden)
+
+def _hf(source: str, num_classes: int) -> nn.Module:
+    from raytune_ctr import text  # the nlp extra
+
+    return text.classifier(source, num_classes)
+
+
+# Text models (study S4) come from Hugging Face, built in raytune_ctr/text.py.
+@register("distilbert-base-uncased", text=True)
+def _distilbert(shape: Shape, num_classes: int, **_) -> nn.Module:
+    return _hf("distilbert-base-uncased", num_classes)
 
 
 class MnistCNN(nn.Module):

@@ -400,9 +400,8 @@ def _check(spec: Spec) -> None:
         raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
     from raytune_ctr import data, models  # late: both import torch
 
-    data.check(spec.data)
     shape = data.input_shape(spec.data)
-    text = spec.data.dataset in data.TEXT
+    text = data.entry(spec.data.dataset).text
     for m in candidates(spec)["model"]:
         models.check(m, shape, key="train.model")
         if (models.hf_source(m) is not None) != text:
@@ -412,7 +411,7 @@ def _check(spec: Spec) -> None:
     if text and True in candidates(spec)["channels_last"]:
         raise SpecError("train.channels_last", "is for conv nets; text batches are token ids",
                         True)
-    if spec.data.data_on_device is True and spec.data.dataset not in data.IN_MEMORY:
+    if spec.data.data_on_device is True and not data.entry(spec.data.dataset).in_memory:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)
     for train, res in trials:

@@ -87,7 +87,7 @@ def prepare_data(spec: Spec) -> str:
     A text dataset is tokenized here for every model and length the trials can ask
     for (cached for the workers), and each model's weights are fetched once.
     """
-    if spec.data.dataset not in data.TEXT:
+    if not data.entry(spec.data.dataset).text:
         return data.load(spec.data).source
     from raytune_ctr import models
 

@@ -128,3 +128,21 @@ def test_shards_cover_everything_once_and_match_in_length():
     assert set(torch.cat(train).tolist()) == set(range(n))
     test = [data.shard_indices(n, r, world, seed=None, pad=False) for r in range(world)]
     assert sorted(torch.cat(test).tolist()) == list(range(n))  # each test sample once
+
+
+def test_a_dataset_is_one_registry_entry(tmp_path, monkeypatch):
+    """What the spec and the loader know of a dataset comes from its entry alone."""
+    import torch
+
+    from raytune_ctr import spec as spec_lib
+
+    assert data.TEXT == {"glue-mrpc"} and "imagefolder" not in data.IN_MEMORY
+    monkeypatch.setitem(data.REGISTRY, "noise", None)  # restored after the test
+
+    @data.register("noise", lambda s: (1, 6, 6))
+    def _noise(spec, tokenize=None):
+        x, y = torch.zeros(8, 1, 6, 6), torch.zeros(8, dtype=torch.long)
+        return data.Datasets(data.TensorSet(x, y), data.TensorSet(x, y), (1, 6, 6), 2, "zeros")
+
+    s = spec_lib.from_dict({"data": {"dataset": "noise", "data_dir": str(tmp_path)}})
+    assert data.load(s.data).source == "zeros" and data.input_shape(s.data) == (1, 6, 6)

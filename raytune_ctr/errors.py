@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -30,3 +32,20 @@ def one_line(err: BaseException) -> str:
         if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
             return ln
     return lines[0] if lines else type(err).__name__
+
+
+def from_pydantic(err, prefix: str = "",
+                  known: Callable[[tuple], list[str]] | None = None) -> SpecError:
+    """One line for pydantic's ValidationError: the first problem's key (under
+    `prefix`), rule and value; for an unknown key, a "did you mean" from `known(loc)`,
+    the field names at the key's parent."""
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if p not in ("function-after", "tuple[...]", "[key]"))
+    key = prefix
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    if e["type"] == "unexpected_keyword_argument":
+        hint = difflib.get_close_matches(str(loc[-1]), known(loc[:-1]) if known else [], n=1)
+        return SpecError(key, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+                         e.get("input"))
+    return SpecError(key, e["msg"][0].lower() + e["msg"][1:], e.get("input"))

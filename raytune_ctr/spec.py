@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, Stri
 from pydantic import ValidationError as _PydanticError
 from pydantic.dataclasses import dataclass
 
-from raytune_ctr.errors import SpecError
+from raytune_ctr.errors import SpecError, from_pydantic
 from raytune_ctr.metrics import METRICS, unmeasurable
 
 _STRICT = ConfigDict(extra="forbid")
@@ -258,38 +258,18 @@ def _plain(obj):
     return obj
 
 
-def _format_loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _from_pydantic(err: _PydanticError, data: dict) -> SpecError:
-    e = err.errors()[0]
-    loc = tuple(p for p in e["loc"] if p not in ("function-after", "tuple[...]", "[key]"))
-    key = _format_loc(loc)
-    if e["type"] == "unexpected_keyword_argument":
-        parent = _lookup_class(loc[:-1])
-        known = [f.name for f in dataclasses.fields(parent)] if parent else []
-        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        rule = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        return SpecError(key, rule)
-    return SpecError(key, e["msg"][0].lower() + e["msg"][1:], e.get("input"))
-
-
 _SECTIONS = {"data": DataSpec, "train": TrainSpec, "resources": ResourceSpec, "cost": CostSpec,
              "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec}
 
 
-def _lookup_class(loc: tuple):
-    """The dataclass at a nested key path, for "did you mean" hints."""
+def _known(loc: tuple) -> list[str]:
+    """The keys of the section at a key path, for "did you mean" hints."""
     cls = Spec
     for part in loc:
         cls = _SECTIONS.get(part)
         if cls is None:
-            return None
-    return cls
+            return []
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def from_dict(data: Any) -> Spec:
@@ -302,7 +282,7 @@ def from_dict(data: Any) -> Spec:
     try:
         spec = Spec(**data)
     except _PydanticError as err:
-        raise _from_pydantic(err, data) from None
+        raise from_pydantic(err, known=_known) from None
     except TypeError as err:  # a non-string key, for example
         raise SpecError("spec", str(err)) from None
     _check(spec)

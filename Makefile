@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install $(TORCH_INDEX) $(TORCH)
-	$(PY) -m pip install -e ".[test,nlp]"
+	$(PY) -m pip install -e ".[test,nlp,cluster]"
 	touch $@
 
 env: $(VENV)/.installed

@@ -48,4 +48,10 @@ def from_pydantic(err, prefix: str = "",
         hint = difflib.get_close_matches(str(loc[-1]), known(loc[:-1]) if known else [], n=1)
         return SpecError(key, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""),
                          e.get("input"))
-    return SpecError(key, e["msg"][0].lower() + e["msg"][1:], e.get("input"))
+    if e["type"] == "missing":  # the input is the parent mapping: no value to show
+        return SpecError(key, "required key")
+    rule = e["msg"].removeprefix("Value error, ")
+    rule = rule[0].lower() + rule[1:]
+    if e["type"] == "value_error" and ", got " in rule:  # our own check named the value
+        return SpecError(key, rule)
+    return SpecError(key, rule, e.get("input"))

@@ -195,36 +195,45 @@ def runner(provider, node_id):
 # --- the config -----------------------------------------------------------------------
 
 def test_gke_yaml_passes_rays_validator_and_loads_our_provider():
+    from ray.autoscaler._private.commands import _bootstrap_config
     from ray.autoscaler._private.providers import _get_node_provider
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from ray.autoscaler._private.util import validate_config
 
     raw = gke_yaml()
-    config = prepare_config(copy.deepcopy(raw))
-    validate_config(config)
     for key in ("file_mounts", "cluster_synced_files", "initialization_commands",
                 "setup_commands", "head_setup_commands", "worker_setup_commands",
                 "head_start_ray_commands", "worker_start_ray_commands"):
         assert key in raw, f"{key}: external providers get no defaults; write it out"
+    # What `ray up` does with the file: Ray's defaults and validator, then ours.
+    config = _bootstrap_config(copy.deepcopy(raw), no_config_cache=True)
+    validate_config(config)
     provider = _get_node_provider(config["provider"], config["cluster_name"], use_cache=False)
     assert isinstance(provider, gke.KubeRayNodeProvider)
     # ray up creates exactly the RayCluster that cluster/kuberay/raycluster.yaml holds.
     manifest = yaml.safe_load((ROOT / "cluster" / "kuberay" / "raycluster.yaml").read_text())
     assert kuberay.raycluster(provider.cfg) == manifest
     assert provider.cfg.storage.startswith("gs://")
-    # Ray's view of the node types agrees with the RayCluster's groups.
+    # Sizes are stated once (provider.groups); Ray's node types are derived from them.
+    assert set(raw["available_node_types"]) == {gke.HEAD_GROUP}
     types = config["available_node_types"]
     assert set(types) == {gke.HEAD_GROUP} | {g.name for g in provider.cfg.groups}
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
-    for g in provider.cfg.groups:
-        assert types[g.name]["resources"] == {"CPU": int(g.cpu)} | ({"GPU": g.gpus} if g.gpus else {})
-        assert (types[g.name]["min_workers"], types[g.name]["max_workers"]) == (
-            g.min_replicas, g.max_replicas)
-    assert config["max_workers"] == sum(g.max_replicas for g in provider.cfg.groups)
+    assert types["cpu"] == {"node_config": {}, "resources": {"CPU": 4},
+                            "min_workers": 0, "max_workers": 4}
+    assert types["gpu"]["resources"] == {"CPU": 8, "GPU": 1}
+    assert config["max_workers"] == 6
+
+
+def test_cpu_quantities_become_rays_cpus():
+    assert (gke._cpus("4"), gke._cpus("500m"), gke._cpus("2.5")) == (4, 0.5, 2.5)
 
 
 @pytest.mark.parametrize("key,value,match", [
     ("imag", "x", "provider.imag: unknown key"),
-    ("groups", [{"name": "cpu", "cpus": 4}], "provider.groups"),
+    ("groups", [{"name": "cpu", "cpus": 4}], r"provider.groups\[0\].min_replicas: required key"),
+    ("head_cpu", 2, "provider.head_cpu: input should be a valid string, got 2"),
+    ("groups", [dict(name="cpu", min_replicas=0, max_replicas=1, replicas=3, cpu="4",
+                     memory="1Gi")], r"provider.groups\[0\]: needs min_replicas <= replicas"),
 ])
 def test_provider_section_typos_are_errors(key, value, match):
     with pytest.raises(ValueError, match=match):

@@ -20,18 +20,17 @@ streams, like `docker cp`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shlex
 import sys
-import tarfile
+from dataclasses import fields
 from pathlib import Path
 
-import docker
-import docker.errors
 from filelock import FileLock
+from pydantic import ConfigDict, PositiveFloat, StrictStr, ValidationError
+from pydantic.dataclasses import dataclass
 from ray.autoscaler.command_runner import CommandRunnerInterface
 from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import (
@@ -45,35 +44,43 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from raytune_ctr.cluster import PROBES
+from raytune_ctr.cluster import PROBES, _tar
+from raytune_ctr.errors import SpecError, from_pydantic
+
+try:
+    import docker
+    import docker.errors
+except ImportError as err:  # the `cluster` extra
+    raise ImportError(f"cluster/docker.yaml's provider needs the docker client: "
+                      f"pip install -e '.[cluster]' ({err})") from None
 
 log = logging.getLogger(__name__)
 
 LABEL = "raytune-ctr.cluster"  # every container of a cluster carries its name here
 WORKERS = "_workers"  # worker specs copied from the cluster config by bootstrap_config
-# Node config keys (available_node_types.*.node_config) -> docker SDK run() arguments.
-NODE_KEYS = {"cpus", "mem_limit", "memswap_limit", "cpuset_cpus", "shm_size", "environment"}
 
 
-class ConfigError(ValueError):
-    """A bad key in cluster/docker.yaml: names the key and the value."""
-
-    def __init__(self, key: str, problem: str, value) -> None:
-        super().__init__(f"{key}: {problem} (got {value!r})")
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class NodeConfig:
+    """A node type's node_config: the container's limits, as `docker run` takes them."""
+    cpus: PositiveFloat | None = None  # --cpus
+    mem_limit: StrictStr | None = None  # --memory, e.g. "8g"
+    memswap_limit: StrictStr | None = None
+    cpuset_cpus: StrictStr | None = None  # --cpuset-cpus, e.g. "0-3" (S5's pinned layout)
+    shm_size: StrictStr | None = None
+    environment: dict[StrictStr, StrictStr] | None = None
 
 
 def _docker_args(node_config: dict, where: str) -> dict:
-    unknown = set(node_config) - NODE_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(f"{where}.{key}", f"unknown key; known: {sorted(NODE_KEYS)}",
-                          node_config[key])
-    args = {k: v for k, v in node_config.items() if k != "cpus"}
-    if "cpus" in node_config:
-        cpus = node_config["cpus"]
-        if not isinstance(cpus, (int, float)) or cpus <= 0:
-            raise ConfigError(f"{where}.cpus", "must be a positive number", cpus)
-        args["nano_cpus"] = int(cpus * 1e9)  # what `docker run --cpus` sets
+    """The docker SDK's run() arguments for a node_config; a bad key is a SpecError."""
+    try:
+        cfg = NodeConfig(**node_config)
+    except ValidationError as err:
+        raise from_pydantic(err, where, lambda loc: [f.name for f in fields(NodeConfig)]) \
+            from None
+    args = {k: v for k, v in vars(cfg).items() if v is not None and k != "cpus"}
+    if cfg.cpus is not None:
+        args["nano_cpus"] = int(cfg.cpus * 1e9)  # what `docker run --cpus` sets
     return args
 
 
@@ -122,10 +129,10 @@ class DockerNodeProvider(NodeProvider):
                 continue
             count = spec.get("min_workers", 0)
             if spec.get("max_workers", count) != count:
-                raise ConfigError(f"available_node_types.{name}.max_workers",
-                                  "must equal min_workers: this cluster has a fixed size "
-                                  "(no autoscaler, since no container holds the Docker socket)",
-                                  spec.get("max_workers"))
+                raise SpecError(f"available_node_types.{name}.max_workers",
+                                "must equal min_workers: this cluster has a fixed size "
+                                "(no autoscaler, since no container holds the Docker socket)",
+                                spec.get("max_workers"))
             setup = config.get("setup_commands", []) + config.get("worker_setup_commands", [])
             workers.append({"type": name, "count": count, "docker": args, "setup": setup,
                             "start": config.get("worker_start_ray_commands", []),
@@ -223,8 +230,8 @@ class DockerNodeProvider(NodeProvider):
         try:
             self.client.images.get(self.image)
         except docker.errors.ImageNotFound:
-            raise ConfigError("provider.image", "no such image on this Docker host; build it "
-                              "with images/Dockerfile", self.image) from None
+            raise SpecError("provider.image", "no such image on this Docker host; build it "
+                            "with images/Dockerfile", self.image) from None
         self._ensure_network()
         volumes = self._mounts()
         head = f"{self.cluster_name}-head"
@@ -319,38 +326,22 @@ class DockerExecRunner(CommandRunnerInterface):
         return b"".join(out) if with_output else None
 
     def run_rsync_up(self, source: str, target: str, options=None) -> None:
-        target = self._path(target)
         uid, gid = self._c().exec_run(["sh", "-c", "id -u; id -g"]).output.decode().split()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            def owned(info):
-                info.uid, info.gid, info.uname, info.gname = int(uid), int(gid), "", ""
-                return info
-            if os.path.isdir(source):
-                tar.add(source, arcname=".", filter=owned)
-                dest = target.rstrip("/") or "/"
-            else:
-                tar.add(source, arcname=os.path.basename(target.rstrip("/")), filter=owned)
-                dest = os.path.dirname(target.rstrip("/")) or "/"
+        exclude = _tar.excluding((options or {}).get("rsync_exclude"))
+
+        def owned(info):  # put_archive keeps the tar's owners: make them the node's user
+            if exclude(info) is None:
+                return None
+            info.uid, info.gid, info.uname, info.gname = int(uid), int(gid), "", ""
+            return info
+        data, dest = _tar.pack(source, self._path(target), owned)
         self.run(f"mkdir -p {shlex.quote(dest)}", silent=True)
-        self._c().put_archive(dest, buf.getvalue())
+        self._c().put_archive(dest, data)
 
     def run_rsync_down(self, source: str, target: str, options=None) -> None:
         stream, stat = self._c().get_archive(self._path(source).rstrip("/"))
-        data = io.BytesIO(b"".join(stream))
-        with tarfile.open(fileobj=data) as tar:
-            is_dir = stat["mode"] & 0x80000000  # Go's os.ModeDir
-            root = stat["name"]
-            if is_dir:
-                Path(target).mkdir(parents=True, exist_ok=True)
-                for m in tar.getmembers():
-                    m.name = os.path.relpath(m.name, root)
-                    if m.name != ".":
-                        tar.extract(m, target, filter="data")
-            else:
-                member = tar.getmember(root)
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                Path(target).write_bytes(tar.extractfile(member).read())
+        _tar.unpack(b"".join(stream), stat["name"], target,
+                    _tar.excluding((options or {}).get("rsync_exclude")))
 
     def remote_shell_command_str(self) -> str:
         return f"docker exec -it {self.container} bash\n"

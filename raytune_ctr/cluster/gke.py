@@ -23,15 +23,12 @@ Tested against an in-memory fake of the Kubernetes API, never a live cluster.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
-import io
 import json
 import logging
 import os
 import shlex
 import sys
-import tarfile
 import time
 from typing import Any
 
@@ -48,7 +45,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from raytune_ctr.cluster import PROBES, kuberay
+from raytune_ctr.cluster import PROBES, _tar, kuberay
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +63,12 @@ def cluster_config(provider_config: dict, cluster_name: str) -> kuberay.ClusterC
     keys = {k: v for k, v in provider_config.items()
             if k not in PROVIDER_KEYS and not k.startswith("_")}  # _config_cache_path: Ray's
     return kuberay.ClusterConfig.from_dict({"name": cluster_name} | keys)
+
+
+def _cpus(quantity: str) -> float | int:
+    """A Kubernetes CPU quantity ("4", "500m") as Ray's CPU resource."""
+    n = int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    return int(n) if n == int(n) else n
 
 
 def _not_found(err: Exception) -> bool:
@@ -87,9 +90,29 @@ class KubeRayNodeProvider(NodeProvider):
         self.core = self.custom = self.stream = None  # CoreV1Api, CustomObjectsApi, stream()
         self.poll_s = 5.0
 
+    @staticmethod
+    def bootstrap_config(config: dict) -> dict:
+        """Ray's node types from the provider's worker groups, so gke.yaml states each
+        size once: a type per group (its CPUs, GPUs, min and max), max_workers their sum."""
+        config = dict(config)
+        cfg = cluster_config(config["provider"], config["cluster_name"])
+        types = {k: v for k, v in config.get("available_node_types", {}).items()
+                 if k == config.get("head_node_type")}
+        for g in cfg.groups:
+            resources = {"CPU": _cpus(g.cpu)} | ({"GPU": g.gpus} if g.gpus else {})
+            types[g.name] = {"node_config": {}, "resources": resources,
+                             "min_workers": g.min_replicas, "max_workers": g.max_replicas}
+        config["available_node_types"] = types
+        config["max_workers"] = sum(g.max_replicas for g in cfg.groups)
+        return config
+
     def _clients(self):
         if self.core is None:
-            import kubernetes
+            try:
+                import kubernetes
+            except ImportError as err:  # the `cluster` extra
+                raise ImportError("cluster/gke.yaml's provider needs the kubernetes client: "
+                                  f"pip install -e '.[cluster]' ({err})") from None
 
             try:
                 kubernetes.config.load_kube_config()
@@ -357,30 +380,16 @@ class KubeExecCommandRunner(CommandRunnerInterface):
             self.provider.terminate_node(self.node_id)
         return out if with_output else ""
 
-    def _filter(self, options: dict | None):
-        exclude = (options or {}).get("rsync_exclude") or []
+    @staticmethod
+    def _keep(options: dict | None):
         if (options or {}).get("rsync_filter"):
             raise NotImplementedError("rsync_filter (filter files like .gitignore) is not "
                                       "applied by the tar-over-exec sync; use rsync_exclude")
-
-        def keep(info: tarfile.TarInfo):
-            parts = info.name.split("/")
-            hit = any(fnmatch.fnmatch(info.name, p) or fnmatch.fnmatch(parts[-1], p)
-                      for p in exclude)
-            return None if hit else info
-        return keep
+        return _tar.excluding((options or {}).get("rsync_exclude"))
 
     def run_rsync_up(self, source: str, target: str, options: dict | None = None) -> None:
         """Copy a local file or folder (a trailing / copies its contents, as rsync does)."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            if os.path.isdir(source):
-                tar.add(source, arcname=".", filter=self._filter(options))
-                dest = target
-            else:
-                tar.add(source, arcname=os.path.basename(target.rstrip("/")))
-                dest = os.path.dirname(target.rstrip("/")) or "."
-        data = buf.getvalue()
+        data, dest = _tar.pack(source, target, self._keep(options))
         # head -c: tar sees the end of its input even where stdin cannot be closed (v4).
         script = f"mkdir -p {_remote(dest)} && head -c {len(data)} | tar -xmf - -C {_remote(dest)}"
         code, _, status = self._exec(script, stdin=data)
@@ -394,17 +403,7 @@ class KubeExecCommandRunner(CommandRunnerInterface):
                   f"else tar -cf - -C {_remote(parent)} {shlex.quote(base)}; fi")
         code, out, status = self._exec(script, capture=True)
         self._check(code, status, f"sync {self.node_id}:{source} -> {target}", exit_on_fail=True)
-        with tarfile.open(fileobj=io.BytesIO(out)) as tar:
-            members = tar.getmembers()
-            if members and members[0].name == ".":  # a folder
-                keep = self._filter(options)
-                os.makedirs(target, exist_ok=True)
-                tar.extractall(target, members=[m for m in members if keep(m)], filter="data")
-                return
-            dest = os.path.join(target, base) if os.path.isdir(target) else target
-            os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-            with open(dest, "wb") as f:
-                f.write(tar.extractfile(members[0]).read())
+        _tar.unpack(out, ".", target, self._keep(options))
 
     def remote_shell_command_str(self) -> str:
         return f"kubectl -n {self.namespace} exec -it {self.node_id} -- bash\n"

@@ -16,61 +16,72 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import ConfigDict, NonNegativeInt, StrictBool, StrictStr, ValidationError
+from pydantic.dataclasses import dataclass
 
 from raytune_ctr import RAY_VERSION
+from raytune_ctr.errors import SpecError, from_pydantic
 
+_STRICT = ConfigDict(extra="forbid")
 UID = 1000  # the image's non-root user (images/Dockerfile)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class WorkerGroup:
-    name: str
-    min_replicas: int
-    max_replicas: int
-    replicas: int
-    cpu: str
-    memory: str
-    gpus: int = 0
-    accelerator: str | None = None  # GKE accelerator label, e.g. nvidia-l4
-    spot: bool = False
+    """One KubeRay worker group: its replicas and each pod's size."""
+    name: StrictStr
+    min_replicas: NonNegativeInt
+    max_replicas: NonNegativeInt
+    replicas: NonNegativeInt
+    cpu: StrictStr  # Kubernetes quantities, quoted in YAML: "4", "500m"
+    memory: StrictStr
+    gpus: NonNegativeInt = 0
+    accelerator: StrictStr | None = None  # GKE accelerator label, e.g. nvidia-l4
+    spot: StrictBool = False
+
+    def __post_init__(self):
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(f"needs min_replicas <= replicas <= max_replicas, got "
+                             f"{self.min_replicas} <= {self.replicas} <= {self.max_replicas}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class ClusterConfig:
-    name: str = "raytune-ctr"
-    namespace: str = "raytune"
-    image: str = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr:latest"
-    gpu_image: str = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr-gpu:latest"
-    head_cpu: str = "2"
-    head_memory: str = "8Gi"
+    name: StrictStr = "raytune-ctr"
+    namespace: StrictStr = "raytune"
+    image: StrictStr = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr:latest"
+    gpu_image: StrictStr = "REGION-docker.pkg.dev/PROJECT/raytune/raytune-ctr-gpu:latest"
+    head_cpu: StrictStr = "2"
+    head_memory: StrictStr = "8Gi"
     # Results go here (sweep.py's default via RAYTUNE_CTR_STORAGE); pods write to it
     # as this Kubernetes service account, bound to a GCP one by Workload Identity.
-    storage: str = "gs://BUCKET/raytune-ctr"
-    service_account: str = "raytune-ctr"
-    groups: tuple[WorkerGroup, ...] = field(default_factory=lambda: (
+    storage: StrictStr = "gs://BUCKET/raytune-ctr"
+    service_account: StrictStr = "raytune-ctr"
+    groups: tuple[WorkerGroup, ...] = (
         WorkerGroup("cpu", 0, 4, 1, cpu="4", memory="16Gi", spot=True),
         WorkerGroup("gpu", 0, 2, 0, cpu="8", memory="32Gi", gpus=1, accelerator="nvidia-l4",
                     spot=True),
-    ))
+    )
 
     @classmethod
-    def from_dict(cls, d: dict) -> ClusterConfig:
-        """From a mapping (gke.yaml's provider section); unknown keys are an error."""
-        for key, value in d.items():
-            if key not in {f.name for f in dataclasses.fields(cls)}:
-                raise ValueError(f"provider.{key}: unknown key, got {value!r}")
-        groups = d.get("groups")
-        if groups is None:
-            return cls(**d)
+    def from_dict(cls, d: dict, prefix: str = "provider") -> ClusterConfig:
+        """From a mapping (gke.yaml's provider section); a bad key is a SpecError."""
         try:
-            groups = tuple(WorkerGroup(**g) for g in groups)
-        except TypeError as err:
-            raise ValueError(f"provider.groups: {err}, got {groups!r}") from None
-        return cls(**(d | {"groups": groups}))
+            return cls(**d)
+        except ValidationError as err:
+            raise from_pydantic(err, prefix, _known) from None
+        except TypeError as err:  # not a mapping of keywords
+            raise SpecError(prefix, str(err), d) from None
+
+
+DEFAULT = ClusterConfig()
+
+
+def _known(loc: tuple) -> list[str]:
+    return [f.name for f in dataclasses.fields(WorkerGroup if "groups" in loc else ClusterConfig)]
 
 
 def _container(name: str, image: str, cpu: str, memory: str, storage: str, gpus: int = 0,
@@ -111,7 +122,7 @@ def _pod(container: dict, service_account: str, group: WorkerGroup | None = None
     return {"spec": spec}
 
 
-def raycluster_spec(cfg: ClusterConfig = ClusterConfig()) -> dict:
+def raycluster_spec(cfg: ClusterConfig = DEFAULT) -> dict:
     head = _container("ray-head", cfg.image, cfg.head_cpu, cfg.head_memory, cfg.storage, ports=[
         {"containerPort": 6379, "name": "gcs"},
         {"containerPort": 8265, "name": "dashboard"},
@@ -142,14 +153,14 @@ def raycluster_spec(cfg: ClusterConfig = ClusterConfig()) -> dict:
     }
 
 
-def raycluster(cfg: ClusterConfig = ClusterConfig()) -> dict:
+def raycluster(cfg: ClusterConfig = DEFAULT) -> dict:
     return {"apiVersion": "ray.io/v1", "kind": "RayCluster",
             "metadata": {"name": cfg.name, "namespace": cfg.namespace,
                          "labels": {"app": "raytune-ctr"}},
             "spec": raycluster_spec(cfg)}
 
 
-def rayjob(cfg: ClusterConfig = ClusterConfig(), entrypoint: str | None = None) -> dict:
+def rayjob(cfg: ClusterConfig = DEFAULT, entrypoint: str | None = None) -> dict:
     entrypoint = entrypoint or ("python experiments/sweep.py --config "
                                 "experiments/configs/s1_batch_lr.yaml --address auto "
                                 f"--storage-path {cfg.storage}")

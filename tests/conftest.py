@@ -27,3 +27,29 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def write_idx():
+    """write_idx(folder, images, labels, gz): the four MNIST-format (IDX) files, with
+    train = test = images, as Fashion-MNIST ships them."""
+    import gzip
+
+    import numpy as np
+
+    def write(folder, images, labels, gz: bool) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        n, h, w = images.shape
+        img = (b"\x00\x00\x08\x03" + np.array([n, h, w], ">i4").tobytes()
+               + images.astype(np.uint8).tobytes())
+        lab = b"\x00\x00\x08\x01" + np.array([n], ">i4").tobytes() + labels.astype(np.uint8).tobytes()
+        for split in ("train", "t10k"):
+            for stem, body in ((f"{split}-images-idx3-ubyte", img),
+                               (f"{split}-labels-idx1-ubyte", lab)):
+                if gz:
+                    with gzip.open(folder / f"{stem}.gz", "wb") as f:
+                        f.write(body)
+                else:
+                    (folder / stem).write_bytes(body)
+
+    return write

@@ -1,18 +1,41 @@
-"""The command line as a user meets it: bad input exits 2 with one line and writes nothing."""
+"""The command line as a user meets it: bad input exits 2 with one line and writes nothing.
+
+The checks run in-process (cli.sweep_main, what experiments/sweep.py calls), fast; one
+runs the script itself, and the ones that start Ray run it in a subprocess so no Ray
+stays up in pytest's process.
+"""
 
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from raytune_ctr import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sweep(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "experiments/sweep.py", *map(str, args)], cwd=cwd,
+@dataclass
+class Exit:
+    returncode: int
+    stderr: str
+
+
+def script(*args):
+    return subprocess.run([sys.executable, "experiments/sweep.py", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+@pytest.fixture
+def sweep(capsys):
+    """sweep(*args): experiments/sweep.py's exit code and stderr, run in-process."""
+    def run(*args):
+        code = cli.sweep_main([str(a) for a in args])
+        return Exit(code, capsys.readouterr().err)
+    return run
 
 
 def assert_one_line_error(proc, *fragments):
@@ -32,14 +55,21 @@ def assert_one_line_error(proc, *fragments):
      ["search.grid", "cannot be mixed"]),
     ("trian: {lr: 1.0}\n", ["trian", "unknown key (did you mean 'train'?)"]),
 ])
-def test_bad_spec_exits_2_before_anything(write_spec, tmp_path, yaml_text, fragments):
+def test_bad_spec_exits_2_before_anything(sweep, write_spec, tmp_path, yaml_text, fragments):
     out = tmp_path / "results"
     proc = sweep("--config", write_spec(yaml_text), "--storage-path", out)
     assert_one_line_error(proc, *fragments)
     assert not out.exists()
 
 
-def test_bad_command_line_override_exits_2_naming_the_spec_key(write_spec, tmp_path):
+def test_the_script_exits_2_with_one_line_and_no_traceback(write_spec, tmp_path):
+    out = tmp_path / "results"
+    proc = script("--config", write_spec("train: {lr: -0.5}\n"), "--storage-path", out)
+    assert_one_line_error(proc, "train.lr", "-0.5")
+    assert not out.exists()
+
+
+def test_bad_command_line_override_exits_2_naming_the_spec_key(sweep, write_spec, tmp_path):
     out = tmp_path / "results"
     proc = sweep("--config", write_spec("name: s\n"), "--peak-tflops", "-1",
                  "--storage-path", out)
@@ -64,12 +94,12 @@ def test_requests_the_cluster_cannot_hold_exit_2(write_spec, tmp_path, resources
         pytest.skip("this machine has a GPU")
     out = tmp_path / "results"
     spec = write_spec({"resources": resources, "train": {"batch_size": 64}})
-    proc = sweep("--config", spec, "--storage-path", out)
+    proc = script("--config", spec, "--storage-path", out)
     assert_one_line_error(proc, *fragments)
     assert not out.exists()
 
 
-def test_existing_results_folder_is_never_overwritten(write_spec, tmp_path):
+def test_existing_results_folder_is_never_overwritten(sweep, write_spec, tmp_path):
     out = tmp_path / "results"
     (out / "mine").mkdir(parents=True)
     (out / "mine" / "trials.parquet").write_text("precious")
@@ -78,12 +108,12 @@ def test_existing_results_folder_is_never_overwritten(write_spec, tmp_path):
     assert (out / "mine" / "trials.parquet").read_text() == "precious"
 
 
-def test_missing_config_file(tmp_path):
+def test_missing_config_file(sweep, tmp_path):
     proc = sweep("--config", tmp_path / "nope.yaml")
     assert_one_line_error(proc, "--config: no such file")
 
 
-def test_unreachable_ray_address_fails_fast(write_spec, tmp_path):
+def test_unreachable_ray_address_fails_fast(sweep, write_spec, tmp_path):
     import socket
 
     with socket.socket() as s:  # a port that was free a moment ago
@@ -97,10 +127,9 @@ def test_unreachable_ray_address_fails_fast(write_spec, tmp_path):
     assert not out.exists()
 
 
-def test_corrupt_dataset_file_exits_2_naming_the_file(write_spec, tmp_path):
+def test_corrupt_dataset_file_exits_2_naming_the_file(sweep, write_spec, write_idx, tmp_path):
     """A truncated IDX file (an interrupted download) is found before Ray starts."""
     import numpy as np
-    from test_data import write_idx
 
     fm = tmp_path / "fm"
     write_idx(fm, np.zeros((20, 28, 28), np.uint8), np.zeros(20, np.uint8), gz=False)
@@ -113,14 +142,14 @@ def test_corrupt_dataset_file_exits_2_naming_the_file(write_spec, tmp_path):
     assert not out.exists() and f.stat().st_size > 0  # nothing written, nothing deleted
 
 
-def test_resume_of_a_name_that_does_not_exist(tmp_path):
+def test_resume_of_a_name_that_does_not_exist(sweep, tmp_path):
     out = tmp_path / "results"
     proc = sweep("--resume", "nope", "--storage-path", out)
     assert_one_line_error(proc, "--resume: no interrupted sweep at", "'nope'")
     assert not out.exists()
 
 
-def test_resume_of_a_finished_sweep_changes_nothing(tmp_path):
+def test_resume_of_a_finished_sweep_changes_nothing(sweep, tmp_path):
     run = tmp_path / "results" / "done"
     run.mkdir(parents=True)
     (run / "spec.yaml").write_text("name: done\n")
@@ -133,6 +162,6 @@ def test_resume_of_a_finished_sweep_changes_nothing(tmp_path):
     assert (run / "trials.parquet").read_text() == "precious"
 
 
-def test_resume_takes_the_saved_spec_not_a_new_one(write_spec, tmp_path):
+def test_resume_takes_the_saved_spec_not_a_new_one(sweep, write_spec, tmp_path):
     proc = sweep("--resume", "x", "--config", write_spec({}), "--storage-path", tmp_path)
     assert_one_line_error(proc, "--config: --resume goes on with the sweep's saved spec.yaml")

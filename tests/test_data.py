@@ -1,4 +1,3 @@
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +9,6 @@ from raytune_ctr.data import DataError
 from raytune_ctr.spec import DataSpec
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, gz: bool) -> None:
-    """Write the four MNIST-format files for (train = test = images)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n, h, w = images.shape
-    img = b"\x00\x00\x08\x03" + np.array([n, h, w], ">i4").tobytes() + images.astype(np.uint8).tobytes()
-    lab = b"\x00\x00\x08\x01" + np.array([n], ">i4").tobytes() + labels.astype(np.uint8).tobytes()
-    for split in ("train", "t10k"):
-        for stem, body in ((f"{split}-images-idx3-ubyte", img), (f"{split}-labels-idx1-ubyte", lab)):
-            if gz:
-                with gzip.open(folder / f"{stem}.gz", "wb") as f:
-                    f.write(body)
-            else:
-                (folder / stem).write_bytes(body)
 
 
 @pytest.fixture
@@ -43,7 +27,7 @@ def test_digits_is_offline_and_fixed(data_dir):
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_idx_folder_gzipped_or_raw(tmp_path, tiny_idx, gz):
+def test_idx_folder_gzipped_or_raw(tmp_path, tiny_idx, gz, write_idx):
     images, labels = tiny_idx
     write_idx(tmp_path / "fm", images, labels, gz)
     ds = data.load(DataSpec(dataset="fashion-mnist", data_dir=str(tmp_path / "fm")))
@@ -54,7 +38,7 @@ def test_idx_folder_gzipped_or_raw(tmp_path, tiny_idx, gz):
                           atol=1e-5)
 
 
-def test_truncated_idx_file_is_a_clear_error(tmp_path, tiny_idx):
+def test_truncated_idx_file_is_a_clear_error(tmp_path, tiny_idx, write_idx):
     write_idx(tmp_path / "fm", *tiny_idx, gz=False)
     f = tmp_path / "fm" / "train-images-idx3-ubyte"
     f.write_bytes(f.read_bytes()[:-100])

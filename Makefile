@@ -1,6 +1,7 @@
 # Two commands do their own set-up on a fresh clone:
 #   make sweep   the quickstart study (local Ray, offline digits data)
-#   make test    ruff + the whole test suite
+#   make test    ruff, mypy and the whole test suite (what CI runs)
+# The everyday loop: make check (ruff, mypy, the tests that start no Ray or Docker).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch first and pinned: an open range pulls a multi-GB CUDA build. CPU-only machines
@@ -9,7 +10,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 ARGS ?=
 
-.PHONY: sweep test lint env clean
+.PHONY: sweep test check lint env clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +26,10 @@ sweep: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+check: lint
+	$(PY) -m pytest -q -m "not ray and not docker and not slow"
 
 test: lint
 	$(PY) -m pytest

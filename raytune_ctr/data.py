@@ -16,17 +16,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import numpy as np
 import torch
 from filelock import FileLock
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from raytune_ctr.errors import DataError, SpecError, one_line
 
 if TYPE_CHECKING:  # the spec sits above the registries: it asks them whether names exist
+    from torchvision.datasets import ImageFolder
+
     from raytune_ctr.spec import DataSpec
+
+# A split as the registry gives it: map-style and sized (torch's Dataset type has no len).
+Split: TypeAlias = "TensorSet | ImageFolder | _Listed | Subset"
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 # Debian's dataset-fashion-mnist package; looked at after data_dir.
@@ -48,8 +54,8 @@ class Tokenize:
 
 @dataclass
 class Datasets:
-    train: Dataset
-    test: Dataset
+    train: Split
+    test: Split
     input_shape: tuple[int, ...]  # C, H, W; text: 2, max_len
     num_classes: int
     source: str  # where the data came from, for the report
@@ -142,7 +148,7 @@ def load_cached(spec: DataSpec, tokenize: Tokenize | None = None) -> Datasets:
     return replace(_LOADED[key])
 
 
-def _head(ds: Dataset, n: int) -> Dataset:
+def _head(ds: Split, n: int) -> Split:
     if isinstance(ds, TensorSet):
         return TensorSet(ds.x[:n], ds.y[:n])
     return torch.utils.data.Subset(ds, range(n))
@@ -177,8 +183,9 @@ def _digits(spec: DataSpec, tokenize: None = None) -> Datasets:
     fresh Train worker about a second, more than an epoch of this set.
     """
     cache = Path(spec.data_dir).expanduser() / "digits.pt"
-    if (t := _read_cache(cache)) is not None:
-        return Datasets(TensorSet(*t["train"]), TensorSet(*t["test"]), (1, 8, 8), 10, str(cache))
+    if (hit := _read_cache(cache)) is not None:
+        return Datasets(TensorSet(*hit["train"]), TensorSet(*hit["test"]), (1, 8, 8), 10,
+                        str(cache))
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -248,6 +255,12 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _idx_file(folder: Path, stem: str) -> Path:
+    if (path := _idx_path(folder, stem)) is None:  # a download that left it out
+        raise DataError(f"{folder}: has no {stem} (or {stem}.gz); delete it and fetch it again")
+    return path
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (the MNIST format), gzipped or raw, checking its length."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -293,7 +306,7 @@ def _download_idx(name: str, spec: DataSpec) -> Path:
 def _idx_dataset(name: str):
     def loader(spec: DataSpec, tokenize: None = None) -> Datasets:
         folder = _idx_source(name, spec) or _download_idx(name, spec)
-        xtr, ytr, xte, yte = (read_idx(_idx_path(folder, f)) for f in IDX_FILES)
+        xtr, ytr, xte, yte = (read_idx(_idx_file(folder, f)) for f in IDX_FILES)
         mean, std = NORMALIZE[name]
 
         def t(x, y):
@@ -362,10 +375,12 @@ def place(ds: Datasets, device: torch.device, mode: str | bool) -> bool:
     """Move an in-memory set onto `device` once, if `mode` (auto|True|False) says so."""
     if device.type != "cuda" or not ds.in_memory or mode is False:
         return False
-    size = ds.train.nbytes() + ds.test.nbytes()
+    train, test = ds.train, ds.test
+    assert isinstance(train, TensorSet) and isinstance(test, TensorSet)  # in memory: both are
+    size = train.nbytes() + test.nbytes()
     if mode == "auto" and size > torch.cuda.mem_get_info(device)[0] // 2:
         return False
-    ds.train, ds.test = ds.train.to(device), ds.test.to(device)
+    ds.train, ds.test = train.to(device), test.to(device)
     return True
 
 
@@ -384,7 +399,7 @@ def shard_indices(n: int, rank: int, world: int, *, seed: int | None, pad: bool)
     return idx[rank::world]
 
 
-def batches(ds: Dataset, batch_size: int, *, rank: int = 0, world: int = 1,
+def batches(ds: Split, batch_size: int, *, rank: int = 0, world: int = 1,
             seed: int | None = None, train: bool = True, device: torch.device | None = None,
             loader_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) batches of this rank's shard, on `device`.
@@ -409,7 +424,7 @@ def batches(ds: Dataset, batch_size: int, *, rank: int = 0, world: int = 1,
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def timed(it: Iterator) -> Iterator[tuple[float, object]]:
+def timed(it: Iterator[T]) -> Iterator[tuple[float, T]]:
     """Wrap an iterator, yielding (seconds spent waiting for the item, item)."""
     while True:
         t0 = time.perf_counter()

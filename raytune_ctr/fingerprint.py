@@ -44,10 +44,10 @@ def fingerprint(device: torch.device | None = None) -> dict[str, str]:
 
 @functools.cache  # once per process and device: a reused trial process asks every trial
 def _fingerprint(device: str | None) -> dict[str, str]:
-    device = torch.device(device) if device is not None else None
+    dev = torch.device(device) if device is not None else None
     gpu = ""
-    if device is not None and device.type == "cuda":
-        gpu = torch.cuda.get_device_name(device)
+    if dev is not None and dev.type == "cuda":
+        gpu = torch.cuda.get_device_name(dev)
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a TorchVersion unpickles only with torch

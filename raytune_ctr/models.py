@@ -39,7 +39,8 @@ def hf_source(name: str) -> str | None:
     return name if name in REGISTRY and REGISTRY[name].text else None
 
 
-def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
+# check and build take any model's input shape: a text model's is (2, max_len).
+def check(name: str, shape: tuple[int, ...] | None, key: str = "train.model") -> None:
     if (source := hf_source(name)) is not None:
         if not source:
             raise SpecError(key, "hf: needs a hub id or a folder after it", name)
@@ -53,10 +54,13 @@ def check(name: str, shape: Shape | None, key: str = "train.model") -> None:
                         f"but the dataset gives {shape[1]}x{shape[2]}", name)
 
 
-def build(name: str, shape: Shape, num_classes: int, *, hidden: tuple[int, ...] = (100,)) -> nn.Module:
+def build(name: str, shape: tuple[int, ...], num_classes: int, *,
+          hidden: tuple[int, ...] = (100,)) -> nn.Module:
     check(name, shape)
     if name.startswith("hf:"):
-        return _hf(hf_source(name), num_classes)
+        source = hf_source(name)
+        assert source is not None  # an hf: name always has one
+        return _hf(source, num_classes)
     return REGISTRY[name].build(shape, num_classes, hidden=hidden)
 
 

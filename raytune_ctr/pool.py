@@ -78,7 +78,8 @@ class _Pool:
     thread: threading.Thread | None = None
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)  # threaded: every call may block a while
+# Threaded: every call may block a while. Ray's typed overloads omit actor options.
+@ray.remote(num_cpus=0, max_concurrency=1000)  # type: ignore[call-overload]
 class Coordinator:
     def __init__(self, storage: str):
         self._storage = storage
@@ -332,7 +333,9 @@ class Coordinator:
                     name=f"pool-{key}-{pool.id}", storage_path=storage.join(self._storage, "pools"),
                     callbacks=[_group_failures(me, pool.id)],
                     # Bounds, so a pool whose workers cannot start or keep dying ends.
-                    failure_config=FailureConfig(max_failures=8, controller_failure_limit=10)),
+                    # ray.train gives Train v2's FailureConfig; mypy sees v1's, without the limit.
+                    failure_config=FailureConfig(  # type: ignore[call-arg]
+                        max_failures=8, controller_failure_limit=10)),
             ).fit()
         except BaseException as err:  # noqa: BLE001 - the pool's jobs get the reason
             error = RuntimeError(f"the {pool.key} worker pool gave up: {one_line(err)}")
@@ -459,6 +462,7 @@ def _agree(err: BaseException | None, world: int) -> None:
     try:
         pickle.dumps(err)
     except Exception:  # noqa: BLE001 - an error that does not pickle travels as text
+        assert err is not None  # None pickles
         err = RuntimeError(f"{type(err).__name__}: {one_line(err)}")
     errors: list = [None] * world
     dist.all_gather_object(errors, err)

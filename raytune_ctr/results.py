@@ -276,8 +276,9 @@ def record_optuna_study(df: pd.DataFrame, spec: Spec, results: Results) -> None:
     study = optuna.create_study(storage=results.optuna_url, study_name=results.name,
                                 directions=["maximize" if m == "max" else "minimize"
                                             for m in objectives.values()])
-    dists = {k: optuna.distributions.CategoricalDistribution(
-        sorted(df[k].dropna().unique().tolist(), key=str)) for k in keys}
+    dists: dict[str, optuna.distributions.BaseDistribution] = {
+        k: optuna.distributions.CategoricalDistribution(
+            sorted(df[k].dropna().unique().tolist(), key=str)) for k in keys}
     for _, rows in df.groupby("trial_index", sort=True):
         last = rows.sort_values("epoch").iloc[-1]
         params = {k: last[k].item() if hasattr(last[k], "item") else last[k] for k in keys}

@@ -22,7 +22,7 @@ import difflib
 import itertools
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -31,6 +31,9 @@ from pydantic.dataclasses import dataclass
 
 from raytune_ctr.errors import SpecError, from_pydantic
 from raytune_ctr.metrics import METRICS, unmeasurable
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 _STRICT = ConfigDict(extra="forbid")
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
@@ -143,6 +146,7 @@ def hour_usd(res: ResourceSpec, cost: CostSpec) -> float | None:
         return None
     size = cost.node_gpus if res.use_gpu else cost.node_cpus
     held = res.num_workers * (res.gpus_per_worker if res.use_gpu else res.worker_cpus)
+    assert size is not None  # _check_prices requires it with a price
     return prices[kind] * held / size
 
 
@@ -258,17 +262,19 @@ def _plain(obj):
     return obj
 
 
-_SECTIONS = {"data": DataSpec, "train": TrainSpec, "resources": ResourceSpec, "cost": CostSpec,
-             "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec}
+_SECTIONS: dict[str, type[DataclassInstance]] = {
+    "data": DataSpec, "train": TrainSpec, "resources": ResourceSpec, "cost": CostSpec,
+    "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec}
 
 
 def _known(loc: tuple) -> list[str]:
     """The keys of the section at a key path, for "did you mean" hints."""
-    cls = Spec
+    cls: type[DataclassInstance] = Spec
     for part in loc:
-        cls = _SECTIONS.get(part)
-        if cls is None:
+        section = _SECTIONS.get(part)
+        if section is None:
             return []
+        cls = section
     return [f.name for f in dataclasses.fields(cls)]
 
 

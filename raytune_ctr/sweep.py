@@ -94,6 +94,7 @@ def prepare_data(spec: Spec) -> str:
     cand = candidates(spec)
     for name in cand["model"]:
         source = models.hf_source(name)
+        assert source is not None  # the spec gives a text dataset text models only
         for length in cand["max_seq_length"]:
             ds = data.load(spec.data, data.Tokenize(source, length))
         models.build(name, ds.input_shape, ds.num_classes)

@@ -286,7 +286,7 @@ def _setup(data_spec: DataSpec, train: TrainSpec, resources: ResourceSpec, ctx: 
         model = models.build(train.model, ds.input_shape, ds.num_classes,
                              hidden=train.hidden).to(device)
         trace.mark("setup_model")
-        dtype = ds.train.x.dtype if ds.in_memory else torch.float32
+        dtype = ds.train.x.dtype if isinstance(ds.train, data.TensorSet) else torch.float32
         key = flops_key(train, ds.input_shape, ds.num_classes, dtype)
         # Counting imports torch._dynamo (seconds); a sweep counts once, in the driver.
         flops = ctx.flops[key] if key in ctx.flops else hardware.flops_per_sample(
@@ -312,7 +312,8 @@ def _setup(data_spec: DataSpec, train: TrainSpec, resources: ResourceSpec, ctx: 
     if ctx.wrap is not None:
         model = ctx.wrap(model)  # DDP: the first collective call
     if train.compile:
-        model = torch.compile(model)
+        # Compiling a Module gives an OptimizedModule, a Module; torch's typing says Callable.
+        model = torch.compile(model)  # type: ignore[assignment]
     per_rank = max(1, train.batch_size // ctx.world)
     steps = math.ceil(math.ceil(len(ds.train) / ctx.world) / per_rank)
     opt = make_optimizer(train, model.parameters())
@@ -354,7 +355,9 @@ def _epoch(run: Run, train: TrainSpec, ctx: Context, epoch: int) -> Sums:
     gpu_util = _reduce([float("nan") if util.mean is None else util.mean])[0] / ctx.world
     cuda_mb = _reduce([torch.cuda.max_memory_allocated(ctx.device) / 2**20], slowest)[0] \
         if ctx.device.type == "cuda" else None
-    return Sums(loss, correct, n, *test, elapsed, data_time, eval_time, rss, gpu_util, cuda_mb)
+    test_loss, test_correct, true_pos, pos_pred, pos_true, n_test = test  # _evaluate's six
+    return Sums(loss, correct, n, test_loss, test_correct, true_pos, pos_pred, pos_true, n_test,
+                elapsed, data_time, eval_time, rss, gpu_util, cuda_mb)
 
 
 def _epoch_metrics(run: Run, s: Sums, epoch: int, train_time: float, wall_time: float,
@@ -510,9 +513,10 @@ def count_flops(spec: Spec) -> dict[str, float]:
     flops = {}
     for name in cand["model"]:
         source = models.hf_source(name)
-        for length in cand["max_seq_length"] if source else [None]:
-            ds = data.load(spec.data, data.Tokenize(source, length) if source else None)
-            dtype = ds.train.x.dtype if ds.in_memory else torch.float32
+        tokenizes = [data.Tokenize(source, n) for n in cand["max_seq_length"]] if source else [None]
+        for tokenize in tokenizes:
+            ds = data.load(spec.data, tokenize)
+            dtype = ds.train.x.dtype if isinstance(ds.train, data.TensorSet) else torch.float32
             for hidden in cand["hidden"] if name == "mlp" else [spec.train.hidden]:
                 t = dataclasses.replace(spec.train, model=name, hidden=hidden)
                 net = models.build(name, ds.input_shape, ds.num_classes, hidden=t.hidden)

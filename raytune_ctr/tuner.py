@@ -132,14 +132,14 @@ def _search(spec: Spec, where: Results, concurrency: int):
 
     s = spec.search
     if s.method == "grid":
-        points = [p for p in spec.grid_points() for _ in range(s.num_samples)]
+        grid = [p for p in spec.grid_points() for _ in range(s.num_samples)]
         # Tune requires every key of a preset point in the space; the spec's value is
         # the stand-in, and each point overrides it.
         train_spec, res = spec.resolve({})
         fixed = dataclasses.asdict(train_spec) | dataclasses.asdict(res)
         space = {k: fixed[k] for k in spec.searched_keys()}
-        return (space, BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency),
-                len(points))
+        return (space, BasicVariantGenerator(points_to_evaluate=grid, max_concurrent=concurrency),
+                len(grid))
     space = {k: _domain(d) for k, d in s.space.items()}
     points = [dict(p) for p in s.points] or None
     if s.method == "random":
@@ -148,7 +148,8 @@ def _search(spec: Spec, where: Results, concurrency: int):
         return space, gen, s.num_samples
     import optuna
 
-    names, modes = list(s.objectives), list(s.objectives.values())
+    names: list[str] = list(s.objectives)
+    modes: list[str] = list(s.objectives.values())
     sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if len(names) > 1
                else optuna.samplers.TPESampler(seed=s.seed))
     searcher = ResumableOptunaSearch(
@@ -181,8 +182,10 @@ def _scheduler(spec: Spec):
 
     metric, mode = next(iter(s.objectives.items()))
     max_t = s.asha.max_t or max(t.epochs for t, _ in spec_lib.all_trials(spec))
-    return ASHAScheduler(time_attr=s.asha.time_attr, metric=metric, mode=mode, max_t=max_t,
-                         grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor)
+    # Ray annotates max_t and grace_period int; it compares them, so seconds may be floats.
+    return ASHAScheduler(time_attr=s.asha.time_attr, metric=metric, mode=mode,
+                         max_t=max_t, grace_period=s.asha.grace_period,  # type: ignore[arg-type]
+                         reduction_factor=s.asha.reduction_factor)
 
 
 # --- the trials and their coordinator ----------------------------------------------
@@ -229,7 +232,8 @@ def _start_coordinator(spec: Spec, where: Results):
     import ray
 
     try:
-        coordinator = pool.Coordinator.options(
+        # ray.remote made it an ActorClass; mypy keeps a decorated class's own type.
+        coordinator = pool.Coordinator.options(  # type: ignore[attr-defined]
             name=_coordinator_name(where), namespace=NAMESPACE).remote(where.where)
     except ValueError:  # the name is taken
         raise SpecError("--name", "a sweep of that name is running on this Ray cluster",

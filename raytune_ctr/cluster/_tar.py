@@ -58,5 +58,8 @@ def unpack(data: bytes, root: str, target: str, keep: Keep | None = None) -> Non
         dest = os.path.join(target, os.path.basename(top.name)) if os.path.isdir(target) \
             else target
         os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        src = tar.extractfile(top)
+        if src is None:  # a link or device, not a file
+            raise FileNotFoundError(f"{top.name!r} in the archive of {root!r} is not a regular file")
         with open(dest, "wb") as f:
-            f.write(tar.extractfile(top).read())
+            f.write(src.read())

@@ -281,7 +281,7 @@ class DockerExecRunner(CommandRunnerInterface):
 
     def __init__(self, client: docker.DockerClient, container: str, log_prefix: str = ""):
         self.client, self.container, self.log_prefix = client, container, log_prefix
-        self._home = None
+        self._home: str | None = None
 
     def _c(self):
         return self.client.containers.get(self.container)

@@ -87,7 +87,10 @@ class KubeRayNodeProvider(NodeProvider):
         self.cfg = cluster_config(provider_config, cluster_name)
         self.namespace = self.cfg.namespace
         self.head_timeout_s = float(provider_config.get("head_timeout_s", 900))
-        self.core = self.custom = self.stream = None  # CoreV1Api, CustomObjectsApi, stream()
+        # CoreV1Api, CustomObjectsApi and kubernetes.stream.stream, made on first use
+        self.core: Any = None
+        self.custom: Any = None
+        self.stream: Any = None
         self.poll_s = 5.0
 
     @staticmethod
@@ -266,7 +269,7 @@ class KubeRayNodeProvider(NodeProvider):
     def internal_ip(self, node_id: str) -> str:
         return self._pod(node_id).status.pod_ip
 
-    def external_ip(self, node_id: str) -> None:
+    def external_ip(self, node_id: str) -> str | None:  # type: ignore[override]  # Ray takes None
         return None  # pods have no public address, by design (ClusterIP only)
 
     def get_command_runner(self, log_prefix, node_id, auth_config, cluster_name,
@@ -350,10 +353,11 @@ class KubeExecCommandRunner(CommandRunnerInterface):
         raise ProcessRunnerError(status.get("message", "Command failed"), "ssh_command_failed",
                                  code=code, command=cmd)
 
-    def run(self, cmd: str | None = None, timeout: int = 120, exit_on_fail: bool = False,
+    def run(self, cmd: str | None = None, timeout: int = 120, exit_on_fail: bool = False,  # type: ignore[override]
             port_forward=None, with_output: bool = False, environment_variables=None,
             run_env: str = "auto", ssh_options_override_ssh_key: str = "",
             shutdown_after_run: bool = False) -> str | bytes:
+        # Ray's runners return bytes with with_output; its annotation says str.
         import click
 
         if port_forward:

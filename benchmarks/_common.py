@@ -33,6 +33,16 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
     return df, wall
 
 
+SMOKE = ("a tiny run that checks the script end to end on any machine (on the CPU where "
+         "there is no GPU); its figures mean nothing")
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def steady(times: list[float]) -> float:
     """Mean epoch time after the first (warm-up) epoch."""
     return statistics.mean(times[1:] if len(times) > 1 else times)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from _common import emit, steady
+from _common import SMOKE, emit, steady
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -90,14 +90,17 @@ def main():
     p.add_argument("--container-cpus", type=float, default=1.0,
                    help="the worker container's CPU limit; Ray's own processes share it")
     p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help=SMOKE)
     args = p.parse_args()
+    if args.smoke:
+        args.subset, args.epochs = 500, 2  # two: steady() skips the first
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         shutil.copytree(FASHION, work / "data" / "fashion-mnist")
-        if os.geteuid() == 0:  # the image's user (uid 1000) writes locks and results there
-            for d in [work / "data", *(work / "data").rglob("*")]:
-                os.chown(d, 1000, 1000)
         a = native(args, work, 1)
+        if os.geteuid() == 0:  # the image's user (uid 1000) writes locks and results there,
+            for d in [work / "data", *(work / "data").rglob("*")]:  # the native run's too
+                os.chown(d, 1000, 1000)
         c = container(args, work)
         b = native(args, work, 2)
     base = (a["s_per_epoch"] + b["s_per_epoch"]) / 2

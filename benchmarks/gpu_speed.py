@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import emit, steady, sweep
+from _common import SMOKE, emit, has_gpu, steady, sweep
 
 from raytune_ctr import data, models
 from raytune_ctr.spec import DataSpec
@@ -53,6 +53,8 @@ def stock(args, seed: int) -> dict:
     folder = data._idx_source(args.dataset, DataSpec(dataset=args.dataset, data_dir=args.data_dir))
     assert folder, f"no IDX files for {args.dataset} in {args.data_dir}"
     xtr, ytr, xte, yte = (data.read_idx(data._idx_path(folder, f)) for f in data.IDX_FILES)
+    if args.subset:
+        xtr, ytr = xtr[:args.subset], ytr[:args.subset]
     mean, std = data.NORMALIZE[args.dataset]
     dev = torch.device(args.device)
     kw = {"num_workers": 1, "pin_memory": dev.type == "cuda"}
@@ -94,7 +96,8 @@ def trials(args) -> list[dict]:
     gpu = args.device == "cuda"
     spec = {
         "name": "p2",
-        "data": {"dataset": args.dataset, "data_dir": args.data_dir, "data_on_device": True},
+        "data": {"dataset": args.dataset, "data_dir": args.data_dir, "data_on_device": True,
+                 "subset": args.subset},
         "train": {"model": "mnist_cnn", "epochs": args.epochs, "batch_size": args.batch_size,
                   "optimizer": "adadelta", "lr": 1.0, "lr_schedule": "step", "gamma": 0.7},
         "resources": {"use_gpu": gpu, "cpus_per_worker": 2.0,
@@ -150,8 +153,14 @@ def main():
     p.add_argument("--variants", default=None,
                    help=f"comma-separated, of {','.join(VARIANTS)} (default: all on cuda, fp32 on cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per trial on cpu")
+    p.add_argument("--subset", type=int, default=None, help="training images (both sides)")
     p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true",
+                   help=SMOKE + "; needs Fashion-MNIST's IDX files in --data-dir")
     args = p.parse_args()
+    if args.smoke:
+        args.epochs, args.subset = 2, 500
+        args.device = "cuda" if has_gpu() else "cpu"
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.variants = (args.variants.split(",") if args.variants
                      else list(VARIANTS) if args.device == "cuda" else ["fp32"])

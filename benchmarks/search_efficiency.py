@@ -7,7 +7,7 @@ the order they were suggested.
 Target: the search gets within 0.3 points of the grid's best using <= 25% of its epochs.
 
     python benchmarks/search_efficiency.py --gpu-fraction 0.25 --out-dir $OUT
-    python benchmarks/search_efficiency.py --subset 2000 --dataset digits   # a CPU smoke run
+    python benchmarks/search_efficiency.py --smoke   # digits, 2 trials each of 1 epoch
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _common import emit, sweep
+from _common import SMOKE, emit, sweep
 
 from raytune_ctr import spec as spec_lib
 
@@ -29,7 +29,8 @@ def curve(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load(path: str, args) -> dict:
-    m = spec_lib.load(path).to_dict()
+    spec = spec_lib.load(path)
+    m = (spec_lib.smoke(spec) if args.smoke else spec).to_dict()
     if args.dataset:
         m["data"]["dataset"] = args.dataset
     if args.subset:
@@ -50,7 +51,10 @@ def main():
     p.add_argument("--gpu-fraction", type=float, default=None,
                    help="run every trial on the GPU with this share of it (packs trials)")
     p.add_argument("--out-dir", default=None, help="write p5.json and p5.png here")
+    p.add_argument("--smoke", action="store_true", help=SMOKE)
     args = p.parse_args()
+    if args.smoke:
+        args.dataset = "digits"
     grid, _ = sweep(load(args.grid, args))
     search, _ = sweep(load(args.search, args))
     g, s = curve(grid), curve(search)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from _common import emit, steady, sweep
+from _common import SMOKE, emit, steady, sweep
 
 from raytune_ctr import spec as spec_lib
 
@@ -33,11 +33,16 @@ def main():
     p.add_argument("--layouts", default=None,
                    help="only these, e.g. 1x16,8x2 (the first is the baseline)")
     p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help=SMOKE)
     args = p.parse_args()
+    if args.smoke:
+        args.epochs, args.subset, args.layouts = 1, 256, "1x1,2x1"
     chosen = ([tuple(map(int, x.split("x"))) for x in args.layouts.split(",")]
               if args.layouts else layouts(args.cpus))
     m = spec_lib.load(args.config).to_dict()
     m["train"]["epochs"] = args.epochs
+    if args.smoke:
+        m["data"] = {"dataset": "digits", "subset": args.subset}
     if args.subset:
         m["data"]["subset"] = args.subset
     m["search"] |= {"method": "grid", "grid": {}, "max_concurrent": 1, "points": [

@@ -112,8 +112,12 @@ class Results:
 
     @classmethod
     def _named(cls, storage_path: str, name: str, flag: str) -> Results:
-        if "/" in name or name in ("", ".", ".."):
-            raise SpecError(flag, "must be a plain folder name", name)
+        from raytune_ctr.spec import folder_name
+
+        try:
+            folder_name(name)
+        except ValueError as err:
+            raise SpecError(flag, str(err), name) from None
         return cls(storage_path, name)
 
     def create(self, spec: Spec) -> None:
@@ -152,7 +156,7 @@ def load_spec(folder: Path) -> Spec:
     """The spec a sweep ran with, to run on (checked as strictly as a new one)."""
     from raytune_ctr import spec as spec_lib
 
-    return spec_lib.load(Path(folder) / SPEC)
+    return spec_lib.load(Path(folder) / SPEC, key=str(Path(folder) / SPEC))
 
 
 def can_resume(where: str) -> bool:

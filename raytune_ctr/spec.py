@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from pydantic import ValidationError as _PydanticError
 from pydantic.dataclasses import dataclass
 
@@ -35,10 +43,23 @@ from raytune_ctr.metrics import METRICS, unmeasurable
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-_STRICT = ConfigDict(extra="forbid")
+# No inf or nan anywhere: `lr: .inf` is a typo, not a study.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; more is a wrong file
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
 NonNegativeFloat = Annotated[StrictFloat, Field(ge=0)]
+
+
+
+def folder_name(name: str) -> str:
+    """A sweep's name is its results folder's name: one plain path part."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError("must be a plain folder name (not empty, no '/', not '.' or '..')")
+    return name
+
+
+FolderName = Annotated[StrictStr, AfterValidator(folder_name)]
 
 DEFAULT_DATA_DIR = os.environ.get("RAYTUNE_CTR_DATA", "~/.cache/raytune_ctr/data")
 
@@ -215,7 +236,7 @@ class ReportSpec:
 
 @dataclass(frozen=True, config=_STRICT)
 class Spec:
-    name: StrictStr = "sweep"
+    name: FolderName = "sweep"
     description: StrictStr = ""
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
@@ -295,18 +316,73 @@ def from_dict(data: Any) -> Spec:
     return spec
 
 
-def load(path: str | Path, overrides: dict[str, dict] | None = None) -> Spec:
-    """Load a spec file; `overrides` ({section: {key: value}}, from the command line)
-    replace its values before validation, so they are checked as part of it."""
+def read_yaml(path: str | Path, key: str = "--config") -> Any:
+    """A spec file's YAML, read as strictly as `kubectl apply` reads a manifest: a
+    readable regular file of at most 1 MB of UTF-8 text, not empty, one document, no
+    key written twice in one mapping. Each problem is one SpecError line."""
     path = Path(path)
+    if not path.exists():
+        raise SpecError(key, "no such file", str(path))
+    if path.is_dir():
+        raise SpecError(key, "is a folder, not a spec file", str(path))
     if not path.is_file():
-        raise SpecError("--config", "no such file", str(path))
+        raise SpecError(key, "is not a regular file", str(path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(key, f"is {size:,} bytes; a spec file is at most "
+                            f"{MAX_SPEC_BYTES:,}", str(path))
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SpecError(key, f"cannot read it ({err.strerror or err})", str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(str(path), f"is not UTF-8 text (byte {raw[err.start]:#04x} at "
+                        f"offset {err.start})") from None
+    try:
+        blank = all(not ln.strip() or ln.strip().startswith("#") for ln in text.splitlines())
+        node = None if blank else yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            raise SpecError(str(path), "is empty; a spec needs at least a name "
+                            "(see experiments/configs/)")
+        _no_key_twice(node, "")
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(str(path), f"is not valid YAML{where}") from None
+        problem = getattr(err, "problem", None)
+        raise SpecError(str(path), f"is not valid YAML{where}"
+                        + (f" ({problem})" if problem else "")) from None
+    except RecursionError:  # thousands of nested brackets
+        raise SpecError(str(path), "is nested too deeply to be a spec") from None
+
+
+def _no_key_twice(node: yaml.Node, at: str) -> None:
+    """PyYAML lets the second of two equal keys win silently; a spec must not."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, yaml.Node] = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            path = f"{at}.{key}" if at else str(key)
+            if key is not None and key in seen:
+                first = seen[key]
+                raise SpecError(path, f"written twice in one mapping (lines "
+                                f"{first.start_mark.line + 1} and {k.start_mark.line + 1}); "
+                                "the second would silently win")
+            if key is not None:
+                seen[key] = k
+            _no_key_twice(v, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _no_key_twice(v, f"{at}[{i}]")
+
+
+def load(path: str | Path, overrides: dict[str, dict] | None = None,
+         key: str = "--config") -> Spec:
+    """Load a spec file; `overrides` ({section: {key: value}}, from the command line)
+    replace its values before validation, so they are checked as part of it."""
+    data = read_yaml(path, key)
     for section, values in (overrides or {}).items():
         if isinstance(data, dict) and isinstance(data.get(section, {}), dict):
             data = data | {section: data.get(section, {}) | values}

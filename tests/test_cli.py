@@ -62,6 +62,60 @@ def test_bad_spec_exits_2_before_anything(sweep, write_spec, tmp_path, yaml_text
     assert not out.exists()
 
 
+@pytest.mark.parametrize("raw,fragments", [
+    (b"name: s\xff\xfe\n", ["is not UTF-8 text (byte 0xff at offset 7)"]),
+    (b"train: {lr: .inf}\n", ["train.lr: input should be a finite number, got inf"]),
+    (b"train:\n  lr: -.inf\n", ["train.lr", "finite", "got -inf"]),
+    (b"report: {target_acc: .nan}\n", ["report.target_acc", "finite", "got nan"]),
+    (b"train:\n  lr: 0.1\n  batch_size: 8\n  lr: 0.2\n",
+     ["train.lr: written twice in one mapping (lines 2 and 4)"]),
+    (b"", ["is empty"]),
+    (b"  \n\t\n# a comment\n", ["is empty"]),
+    (b"name: ''\n", ["name: must be a plain folder name", "got ''"]),
+    (b"name: a/b\n", ["name: must be a plain folder name", "got 'a/b'"]),
+    (b"name: ..\n", ["name: must be a plain folder name", "got '..'"]),
+])
+def test_bad_spec_files_exit_2_with_one_line(sweep, tmp_path, raw, fragments):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(raw)
+    out = tmp_path / "results"
+    proc = sweep("--config", path, "--storage-path", out)
+    assert_one_line_error(proc, *fragments)
+    assert not out.exists()
+
+
+def test_a_config_that_is_a_folder_unreadable_or_too_big(sweep, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    assert_one_line_error(sweep("--config", tmp_path, "--storage-path", out),
+                          "--config: is a folder, not a spec file")
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\n" + "# padding\n" * 120_000)
+    assert_one_line_error(sweep("--config", big, "--storage-path", out),
+                          "--config: is 1,200,010 bytes; a spec file is at most 1,048,576")
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("name: locked\n")
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads any file: make the read fail as it would for a user
+        def denied(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        monkeypatch.setattr(Path, "read_bytes", denied)
+    assert_one_line_error(sweep("--config", locked, "--storage-path", out),
+                          "--config: cannot read it (Permission denied)")
+    assert not out.exists()
+
+
+def test_report_reads_a_results_folders_spec_under_the_same_rules(capsys, tmp_path):
+    run = tmp_path / "done"
+    run.mkdir()
+    (run / "spec.yaml").write_text("name: done\ntrain:\n  lr: .inf\n")
+    (run / "trials.parquet").write_text("precious")
+    code = cli.main(["report", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: train.lr: input should be a finite number, got inf", err
+    assert (run / "trials.parquet").read_text() == "precious"
+    assert sorted(p.name for p in run.iterdir()) == ["spec.yaml", "trials.parquet"]
+
+
 def test_the_script_exits_2_with_one_line_and_no_traceback(write_spec, tmp_path):
     out = tmp_path / "results"
     proc = script("--config", write_spec("train: {lr: -0.5}\n"), "--storage-path", out)

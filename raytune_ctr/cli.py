@@ -16,7 +16,7 @@ from pathlib import Path
 
 from raytune_ctr import report
 from raytune_ctr import spec as spec_lib
-from raytune_ctr.errors import DataError, SpecError
+from raytune_ctr.errors import DataError, SpecError, StorageError
 from raytune_ctr.results import LOCAL_RESULTS, Results
 
 # Relative to where you run it (the repository root, or /app in the image).
@@ -53,9 +53,26 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
-def sweep(args: argparse.Namespace) -> int:
-    from raytune_ctr import sweep as sweep_lib
+def _resumable(where: Results) -> bool:
+    from raytune_ctr.results import can_resume
 
+    try:
+        return can_resume(where.where)
+    except Exception:  # noqa: BLE001 - an unreadable folder is not resumable
+        return False
+
+
+def _resume_cmd(where: Results) -> str:
+    return f"experiments/sweep.py --resume {where.name} --storage-path {where.storage}"
+
+
+def sweep(args: argparse.Namespace) -> int:
+    import signal
+
+    from raytune_ctr import sweep as sweep_lib
+    from raytune_ctr.tuner import Aborted
+
+    where: Results | None = None
     try:
         if args.resume:
             for flag in ("config", "name", "smoke", "target_acc", "peak_tflops"):
@@ -78,7 +95,23 @@ def sweep(args: argparse.Namespace) -> int:
             outcome = sweep_lib.run(spec, where, address=args.address, verbose=args.verbose)
     except (SpecError, DataError) as err:
         return _fail(str(err))
+    except StorageError as err:  # mid-sweep: what was written before stays readable
+        return _fail(str(err), 1)
+    except KeyboardInterrupt as err:  # a second signal, or one before Tune ran
+        signum = err.signum if isinstance(err, Aborted) else signal.SIGINT
+        hint = f"go on with: {_resume_cmd(where)}" if where and _resumable(where) else \
+            "no trial had started, so there is nothing to resume; run it again"
+        return _fail(f"stopped by {signal.Signals(signum).name} before the sweep finished; "
+                     + hint, 128 + signum)
     df = outcome.trials
+    if outcome.interrupted:
+        assert where is not None
+        statuses = df.groupby("trial_index")["status"].first()
+        left = int((statuses == "INTERRUPTED").sum())
+        print(f"\nreport: {outcome.report}")
+        return _fail(f"stopped by {signal.Signals(outcome.interrupted).name}: "
+                     f"{len(statuses) - left} trials finished, {left} interrupted; go on "
+                     f"with: {_resume_cmd(where)}", 128 + outcome.interrupted)
     statuses = df.groupby("trial_index")["status"].first()
     answer = report.fastest_reaching(report.label_trials(df, outcome.spec),
                                      outcome.spec.report.target_acc)

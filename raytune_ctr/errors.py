@@ -22,6 +22,11 @@ class DataError(RuntimeError):
     message is one line."""
 
 
+class StorageError(RuntimeError):
+    """The results folder cannot be written mid-sweep (a full disk, a lost mount); the
+    message is one line."""
+
+
 def one_line(err: BaseException) -> str:
     """The most specific line of a (possibly wrapped, multi-line) error: Ray and Tune
     wrap a trial's error in tracebacks, whose last `SomethingError: ...` line is it;

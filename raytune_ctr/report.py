@@ -118,7 +118,8 @@ def pareto_mask(values: np.ndarray, maximize: list[bool]) -> np.ndarray:
 
 
 def pareto_front(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
-    last = final_rows(df[df["status"] != "FAILED"])
+    # An interrupted trial's last epoch is not its result: it has more to run.
+    last = final_rows(df[~df["status"].isin(["FAILED", "INTERRUPTED"])])
     cols = list(spec.search.objectives)
     last = last.dropna(subset=cols)
     if last.empty:
@@ -254,6 +255,8 @@ def build(run_dir: Path) -> Path:
     n_trials = df["trial_index"].nunique()
     counts = df.groupby("trial_index")["status"].first().value_counts()
     status = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("COMPLETED", "STOPPED", "FAILED"))
+    if counts.get("INTERRUPTED", 0):
+        status += f", {counts['INTERRUPTED']} INTERRUPTED"
     times, base = time_table(df, spec)
     front = pareto_front(df, spec)
     obj = list(spec.search.objectives)
@@ -268,6 +271,15 @@ def build(run_dir: Path) -> Path:
     md.append(f"{n_trials} trials ({status}); search: {spec.search.method}, "
               f"scheduler: {spec.search.scheduler}; dataset: {spec.data.dataset}; "
               f"objectives: {', '.join(f'{k} ({v})' for k, v in spec.search.objectives.items())}.\n")
+    if counts.get("INTERRUPTED", 0):
+        md.append(f"**Interrupted**: a signal stopped the sweep before "
+                  f"{counts['INTERRUPTED']} trials finished. Their epochs so far are in the "
+                  "tables, not on the Pareto front; `--resume "
+                  f"{run_dir.name}` goes on with them.\n")
+    elif (run_dir / results.UNFINISHED).is_file():
+        md.append("**Unfinished**: the sweep stopped before its end (its driver died, or "
+                  "its results could not be written); these are the trials that finished "
+                  f"by then. `--resume {run_dir.name}` goes on.\n")
     md.append("## Answer\n")
     md.append(fastest_reaching(df, target) + "\n")
     md.append("## Pareto-optimal configurations\n")

@@ -19,7 +19,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import posixpath
+import signal
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 
 SPEC, TRIALS, TRIALS_CSV, OPTUNA_DB, REPORT = (
     "spec.yaml", "trials.parquet", "trials.csv", "optuna.db", "report.md")
+# In the folder from a sweep's start until its final tables: while it is there,
+# --resume may go on (the driver was killed, or a signal stopped it).
+UNFINISHED = "unfinished.json"
 TRIAL_PREFIX = "trial_"  # a trial's folder is trial_<trial id>
 STATE_FILE, HISTORY_FILE = "state.pt", "history.json"
 LOCAL_RESULTS = "results"  # where a URI storage path's local copy goes, from the cwd
@@ -89,7 +95,31 @@ class Results:
         if taken:
             raise SpecError("--name", f"results folder {taken} already exists; "
                             "choose another --name (nothing was overwritten)", name)
+        results._can_write(storage_path)
         return results
+
+    def _can_write(self, storage_path: str) -> None:
+        """Found before any training: a storage path that cannot be written (read-only,
+        a file in the way, a full disk, no permission)."""
+        import tempfile
+
+        try:
+            if self.remote:
+                storage.can_write(self.storage)
+            # The nearest folder that exists: nothing is made here if the sweep cannot run.
+            folder = self.local.parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            if not folder.is_dir():
+                raise NotADirectoryError(20, "a file is in the way", str(folder))
+            with tempfile.TemporaryFile(dir=folder) as f:
+                f.write(b"ok")
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or one_line(err)
+            raise SpecError("--storage-path", f"cannot write there ({reason})",
+                            storage_path) from None
 
     @classmethod
     def interrupted(cls, storage_path: str, name: str) -> Results:
@@ -105,7 +135,7 @@ class Results:
         if not (results.local / SPEC).is_file() or not resumable:
             raise SpecError("--resume", f"no interrupted sweep at {results.where} "
                             "(nothing was changed)", name)
-        if (results.local / TRIALS).is_file():
+        if (results.local / TRIALS).is_file() and not (results.local / UNFINISHED).is_file():
             raise SpecError("--resume", f"that sweep finished; its results are in "
                             f"{results.local}", name)
         return results
@@ -126,17 +156,46 @@ class Results:
 
         self.local.mkdir(parents=True)
         spec_lib.dump(spec, self.local / SPEC)
+        self._mark("running")
         self.upload()
+
+    def _mark(self, state: str, signum: int | None = None) -> None:
+        info = {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if signum:
+            info["signal"] = signal.Signals(signum).name
+        (self.local / UNFINISHED).write_text(json.dumps(info) + "\n")
+
+    def unfinished(self) -> dict | None:
+        """The mark of a sweep that has not written its final tables, or None."""
+        try:
+            return json.loads((self.local / UNFINISHED).read_text())
+        except (OSError, ValueError):
+            return None
 
     def upload(self) -> None:
         if self.remote:
             storage.upload(self.local, self.remote)
 
-    def write_tables(self, df: pd.DataFrame, spec: Spec) -> None:
-        df.to_parquet(self.local / TRIALS, index=False)
-        df.to_csv(self.local / TRIALS_CSV, index=False)
+    def write_tables(self, df: pd.DataFrame, spec: Spec, *, final: bool = True,
+                     interrupted: int | None = None) -> None:
+        """The trials tables, each replaced whole or not at all (written beside, then
+        renamed), so a failed write leaves the last good one. `final=False`: the
+        trials finished so far, mid-sweep; `interrupted`: the signal that stopped it."""
+        if interrupted:
+            self._mark("interrupted", interrupted)
+        for name, write in ((TRIALS, lambda p: df.to_parquet(p, index=False)),
+                            (TRIALS_CSV, lambda p: df.to_csv(p, index=False))):
+            part = self.local / f".{name}.part"
+            try:
+                write(part)
+                os.replace(part, self.local / name)
+            finally:
+                part.unlink(missing_ok=True)
+        if not final or interrupted:
+            return  # the Optuna record of a grid or random sweep is made once, at its end
         if spec.search.method != "optuna":
             record_optuna_study(df, spec, self)
+        (self.local / UNFINISHED).unlink(missing_ok=True)
 
 
 def load(folder: Path) -> tuple[Spec, pd.DataFrame]:
@@ -149,7 +208,8 @@ def load(folder: Path) -> tuple[Spec, pd.DataFrame]:
     for f in (SPEC, TRIALS):
         if not (folder / f).is_file():
             raise FileNotFoundError(f"{folder}: no {f}; is this a raytune_ctr results folder?")
-    return spec_lib.load(folder / SPEC), complete(pd.read_parquet(folder / TRIALS))
+    return (spec_lib.load(folder / SPEC, key=str(folder / SPEC)),
+            complete(pd.read_parquet(folder / TRIALS)))
 
 
 def load_spec(folder: Path) -> Spec:
@@ -217,10 +277,22 @@ def checkpointed_epochs(result) -> list[dict]:
 # --- tables -------------------------------------------------------------------------
 
 
-def collect(grid, spec: Spec) -> pd.DataFrame:
-    """One row per trial per epoch: status, error, resolved config, metrics, fingerprint.
+def collect(grid, spec: Spec, ended: set[str] | None = None) -> pd.DataFrame:
+    """The trials table of Tune's ResultGrid (see `table`). `ended`: for a sweep a
+    signal stopped, the trials that ended of themselves; the others are INTERRUPTED."""
+    # ResultGrid lists its results in the order of its trials; only a Trial has a status.
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    statuses = [t.status if ended is None or t.trial_id in ended else "RUNNING"
+                for t in trials] if len(trials) == len(grid) else [None] * len(grid)
+    return table(list(enumerate(grid)), statuses, spec)
 
-    A trial that crashed keeps its epochs so far and is FAILED; one that never
+
+def table(results: list, statuses: list, spec: Spec) -> pd.DataFrame:
+    """One row per trial per epoch: status, error, resolved config, metrics, fingerprint,
+    from (trial index, Tune Result) pairs and each trial's Tune status (or None).
+
+    A trial that crashed keeps its epochs so far and is FAILED; one Tune had not
+    finished when a signal stopped the sweep is INTERRUPTED; one that never
     reported gets a single row with no metrics. Never a made-up score. Epochs
     come from Tune's record and, where a killed driver lost some of it, from
     the trial's last checkpoint.
@@ -228,7 +300,7 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    for i, r in enumerate(grid):
+    for (i, r), tune_status in zip(results, statuses, strict=True):
         train, res = spec.resolve(dict(r.config or {}))
         tid = (r.metrics or {}).get("trial_id") or \
             posixpath.basename(r.path or "").removeprefix(TRIAL_PREFIX)
@@ -244,8 +316,11 @@ def collect(grid, spec: Spec) -> pd.DataFrame:
                     if pd.notna(e.get("epoch"))}
         epochs = [by_epoch[k] for k in sorted(by_epoch)]
         last = max((e["epoch"] for e in epochs), default=0)
-        if r.error is not None:
-            status, error = "FAILED", one_line(r.error)
+        if tune_status == "ERROR" or (tune_status is None and r.error is not None):
+            status = "FAILED"
+            error = one_line(r.error) if r.error is not None else "failed; Tune kept no error"
+        elif tune_status not in (None, "TERMINATED", "ERROR"):
+            status, error = "INTERRUPTED", ""
         else:
             status, error = ("COMPLETED" if last >= train.epochs else "STOPPED"), ""
         base |= {"status": status, "error": error}

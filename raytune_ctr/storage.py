@@ -7,6 +7,7 @@ module checks that a URI results folder is new and copies the local folder
 
 from __future__ import annotations
 
+import os
 import posixpath
 from pathlib import Path
 
@@ -25,6 +26,16 @@ def exists(uri: str) -> bool:
     """Whether anything is at `uri`; OSError or ValueError when it cannot be reached."""
     filesystem, path = fs.FileSystem.from_uri(uri)
     return filesystem.get_file_info(path).type != fs.FileType.NotFound
+
+
+def can_write(uri: str) -> None:
+    """Write and delete a small object under `uri`; OSError when it cannot be written."""
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    filesystem.create_dir(path, recursive=True)  # a folder where there are folders
+    probe = f"{path.rstrip('/')}/.raytune_ctr-write-probe-{os.getpid()}"
+    with filesystem.open_output_stream(probe) as f:
+        f.write(b"ok")
+    filesystem.delete_file(probe)
 
 
 def upload(local_dir: Path, uri: str) -> None:

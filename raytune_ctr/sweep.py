@@ -5,6 +5,7 @@ the report. The CLI and the benchmarks both come here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from raytune_ctr import data, plan, report, results, tuner
-from raytune_ctr.errors import SpecError, one_line
+from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.results import Results
 from raytune_ctr.spec import Spec, candidates
 
@@ -35,19 +36,25 @@ class Outcome:
     spec: Spec  # as it ran
     trials: pd.DataFrame  # one row per trial per epoch (results.collect)
     report: Path  # report.md
+    interrupted: int | None = None  # the signal that stopped the sweep early, if one did
 
 
 def run(spec: Spec, where: Results, *, address: str | None = None,
         verbose: bool = False) -> Outcome:
     """Run every trial of `spec` into the new results folder `where`. Raises SpecError
-    or DataError, with nothing written, when the study cannot run here."""
+    or DataError, with nothing written, when the study cannot run here.
+
+    A first SIGINT or SIGTERM stops it gracefully (`tuner.Stop`): finished trials are
+    written, the rest INTERRUPTED, and `resume` goes on; a second raises tuner.Aborted.
+    """
     source = prepare_data(spec)
     own = connect(address, verbose)
     concurrency = plan.plan(spec)
     log.info("data: %s; running up to %d trials at once", source, concurrency)
     where.create(spec)
-    grid = tuner.run(spec, where, concurrency=concurrency, own_cluster=own)
-    return _finish(grid, spec, where)
+    with tuner.Stop() as stop, _storage_errors(where):
+        grid = tuner.run(spec, where, concurrency=concurrency, own_cluster=own, stop=stop)
+        return _finish(grid, spec, where, stop.signum)
 
 
 def resume(where: Results, *, address: str | None = None, verbose: bool = False) -> Outcome:
@@ -62,23 +69,48 @@ def resume(where: Results, *, address: str | None = None, verbose: bool = False)
     own = connect(address, verbose)
     plan.plan(spec)
     log.info("data: %s; resuming %s", source, where.where)
-    grid = tuner.restore(spec, where, own_cluster=own)
-    outcome = _finish(grid, spec, where)
-    if spec.search.method == "optuna":
+    with tuner.Stop() as stop, _storage_errors(where):
+        grid = tuner.restore(spec, where, own_cluster=own, stop=stop)
+        outcome = _finish(grid, spec, where, stop.signum)
+    if spec.search.method == "optuna" and not outcome.interrupted:
         results.close_orphans(where)
     return outcome
 
 
-def _finish(grid, spec: Spec, where: Results) -> Outcome:
-    df = results.collect(grid, spec)
-    where.write_tables(df, spec)
+@contextlib.contextmanager
+def _storage_errors(where: Results):
+    """An OSError out of Tune is its own write to the results folder failing."""
+    try:
+        yield
+    except Exception as err:
+        if (cause := tuner.write_error(where)) is not None:  # under Tune's TuneError
+            raise cause from None
+        if isinstance(err, OSError):
+            raise StorageError(f"{where.local}: cannot write ({err.strerror or one_line(err)}); "
+                               "the sweep stops. The trials finished before are in its "
+                               "trials.parquet, and --resume goes on") from None
+        raise
+
+
+def _finish(grid, spec: Spec, where: Results, interrupted: int | None = None) -> Outcome:
+    df = results.collect(grid, spec, tuner.ended_trials(where) if interrupted else None)
+    try:
+        where.write_tables(df, spec, interrupted=interrupted)
+    except OSError as err:
+        raise StorageError(f"{where.local}: cannot write the trials table "
+                           f"({err.strerror or one_line(err)}); the trials finished before "
+                           "are in its trials.parquet, and --resume goes on") from None
     try:
         path = report.build(where.local)
+    except OSError as err:
+        raise StorageError(f"{where.local}: cannot write the report ({err.strerror or err}); "
+                           "the tables are written: rebuild it with raytune-ctr report "
+                           f"{where.local}") from None
     finally:  # the tables are worth keeping even if the report fails
         where.upload()
         if where.remote:
             log.info("results copied to %s", where.remote)
-    return Outcome(spec, df, path)
+    return Outcome(spec, df, path, interrupted)
 
 
 def prepare_data(spec: Spec) -> str:

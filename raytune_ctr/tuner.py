@@ -9,17 +9,19 @@ processes, so a trial costs its training, not a process start.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
 import time
 from pathlib import Path
 
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ctr import plan, pool, results, train, trial
 from raytune_ctr import spec as spec_lib
-from raytune_ctr.errors import SpecError, one_line
+from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.results import Results
 from raytune_ctr.spec import Spec
 
@@ -27,7 +29,74 @@ NAMESPACE = "raytune_ctr"
 log = logging.getLogger(__name__)
 
 
-def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool):
+class Stop:
+    """SIGINT (Ctrl-C) and SIGTERM during a sweep. The first, while Tune runs, stops it
+    the way Tune's own Ctrl-C does: it saves its experiment state and returns, so
+    finished trials stay finished and the rest resume. A second, or one while Tune is
+    not running, aborts at once (`Aborted`); Tune's last saved state still resumes.
+
+    Tune's SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER): it knows no SIGTERM,
+    and it would not tell us it fired. Its SIGUSR1 handler, which it always installs,
+    is the same stop, and is what this calls.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._tuning = False
+        self._old: dict = {}
+
+    def __enter__(self) -> Stop:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signal's own rule
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._on)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def tuning(self):
+        import signal
+
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._tuning = True
+        try:
+            yield
+        finally:
+            self._tuning = False
+            if self._old:  # Tune leaves its handler, whose run is over
+                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    def _on(self, signum: int, frame) -> None:
+        import signal
+
+        first, self.signum = self.signum is None, self.signum or signum
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if first and self._tuning and callable(tune_stop):
+            log.warning("%s: stopping the sweep once Tune has saved its state; finished "
+                        "trials are kept. Press Ctrl-C again to stop at once.",
+                        signal.Signals(signum).name)
+            tune_stop(signal.SIGUSR1, frame)
+            return
+        raise Aborted(signum)
+
+
+class Aborted(KeyboardInterrupt):
+    """A sweep stopped at once by a signal (`signum`)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
+        stop: Stop | None = None):
     """Run every trial of `spec` on the connected Ray cluster; return Tune's ResultGrid.
 
     Tune and the trials write to `where` (a URI such as gs://bucket/prefix/<name>,
@@ -57,7 +126,8 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool):
         )
         _wait_for_pools(coordinator)
         trace.mark("tuner_fit")
-        grid = tuner.fit()
+        with stop.tuning() if stop else contextlib.nullcontext():
+            grid = tuner.fit()
         trace.mark("tuner_done")
     finally:
         _stop_coordinator(coordinator, own_cluster)
@@ -65,7 +135,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool):
     return grid
 
 
-def restore(spec: Spec, where: Results, *, own_cluster: bool):
+def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None = None):
     """Continue an interrupted sweep where Tune's last experiment checkpoint left it.
 
     Tune restores its trials, the scheduler and the searcher's own state (Optuna's
@@ -88,7 +158,8 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool):
             raise SpecError("--resume", f"Tune cannot restore {where.where} ({one_line(err)})",
                             where.name) from None
         _wait_for_pools(coordinator)
-        return tuner.fit()
+        with stop.tuning() if stop else contextlib.nullcontext():
+            return tuner.fit()
     finally:
         _stop_coordinator(coordinator, own_cluster)
 
@@ -212,7 +283,7 @@ def _run_config(spec: Spec, where: Results):
 
     return tune.RunConfig(
         name=where.name, storage_path=where.tune_storage, verbose=1,
-        callbacks=[_coordination(spec, _coordinator_name(where))],
+        callbacks=[_coordination(spec, _coordinator_name(where)), _Tables(spec, where)],
         # A trial that fails restarts from its last epoch checkpoint (max_failures
         # times; any error counts, so a diverged trial is tried again, then FAILED).
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
@@ -318,6 +389,90 @@ def _coordination(spec: Spec, coordinator_name: str):
             c.retire.remote(dict(needed), len(trials) >= total)
 
     return Coordination()
+
+
+class _Tables(Callback):
+    """A Tune callback in the driver that rewrites the trials tables each time a trial
+    ends, so a sweep that dies (a full disk, a killed driver) leaves the trials that
+    finished readable by `raytune-ctr report`. A write that fails stops the sweep."""
+
+    # The callback of each sweep this driver runs (restored with a resumed one), so the
+    # sweep can ask which trials ended of themselves: Tune's stop on a signal marks the
+    # running ones TERMINATED too.
+    live: dict[str, _Tables] = {}
+
+    def __init__(self, spec: Spec, where: Results):
+        self.spec, self.where = spec, where
+        self._reported: dict[str, list[dict]] = collections.defaultdict(list)
+        self._rows: dict[str, object] = {}  # trial id -> its table rows, once it ended
+        self.ended: set[str] | None = None  # trials that ended of themselves
+        self.write_error: StorageError | None = None
+        _Tables.live[where.name] = self
+
+    def __getstate__(self):  # saved with the run config: the spec and the folder only
+        return {"spec": self.spec, "where": self.where}
+
+    def __setstate__(self, state):
+        self.__init__(state["spec"], state["where"])
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.ended is None:  # those a resumed sweep's earlier run finished
+            self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._reported[trial.trial_id].append(dict(result))
+
+    # Tune calls these before it sets the trial's status.
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, trials, "TERMINATED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, trials, "ERROR")
+
+    def _end(self, trial, trials, status: str) -> None:
+        self.ended = (self.ended or set()) | {trial.trial_id}
+        self._write(trials, {trial.trial_id: status})
+
+    def _write(self, trials, now: dict[str, str]) -> None:
+        import pandas as pd
+        from ray.tune import Result
+
+        for i, t in enumerate(trials):
+            if t.trial_id in (self.ended or ()) and t.trial_id not in self._rows:
+                reported = self._reported.get(t.trial_id)
+                status = now.get(t.trial_id, t.status)
+                r = Result(metrics=dict(t.last_result or {}), checkpoint=None, path=t.path,
+                           error=(t.get_pickled_error() or t.get_error())
+                           if status == "ERROR" else None,
+                           metrics_dataframe=pd.DataFrame(reported) if reported else None,
+                           _storage_filesystem=t.storage.storage_filesystem if t.storage
+                           else None)
+                self._rows[t.trial_id] = results.table([(i, r)], [status], self.spec)
+        if not self._rows:
+            return
+        df = results.one_type_per_column(pd.concat(list(self._rows.values()), ignore_index=True))
+        try:
+            self.where.write_tables(df, self.spec, final=False)
+        except OSError as err:
+            # Tune wraps what a callback raises in a TuneError of its traceback: the
+            # sweep finds the one line here (`write_error`).
+            self.write_error = StorageError(
+                f"{self.where.local}: cannot write the trials table ({err.strerror or one_line(err)}); "
+                "the sweep stops. The trials finished before are in its trials.parquet, "
+                "and --resume goes on")
+            raise self.write_error from None
+
+
+def write_error(where: Results) -> StorageError | None:
+    """Why the sweep at `where` could not write its trials table, if it could not."""
+    tables = _Tables.live.get(where.name)
+    return tables.write_error if tables else None
+
+
+def ended_trials(where: Results) -> set[str] | None:
+    """The trials of the sweep at `where` that ended of themselves (not stopped with it)."""
+    tables = _Tables.live.get(where.name)
+    return tables.ended if tables else None
 
 
 def _trial_error(t) -> str:

@@ -53,3 +53,25 @@ def write_idx():
                     (folder / stem).write_bytes(body)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def mount_namespace():
+    """mount_namespace(script, timeout): run a bash script in a mount namespace of its
+    own (unshare -m), where it may mount a small tmpfs or remount a folder read-only
+    without touching the machine's mounts. Skips, saying why, where that is not allowed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here (util-linux)")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"cannot mount in a mount namespace here: {probe.stderr.strip()}")
+
+    def run(script: str, timeout: float = 600):
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+                              capture_output=True, text=True, timeout=timeout,
+                              env=os.environ.copy())
+    return run

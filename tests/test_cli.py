@@ -116,6 +116,27 @@ def test_report_reads_a_results_folders_spec_under_the_same_rules(capsys, tmp_pa
     assert sorted(p.name for p in run.iterdir()) == ["spec.yaml", "trials.parquet"]
 
 
+def test_a_storage_path_that_cannot_be_written_is_found_before_anything(sweep, write_spec,
+                                                                        tmp_path):
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    proc = sweep("--config", write_spec({}), "--storage-path", in_the_way / "results")
+    assert_one_line_error(proc, "--storage-path: cannot write there (a file is in the way)")
+    assert in_the_way.read_text() == "not a folder"
+
+
+def test_a_read_only_storage_path_is_found_before_anything(write_spec, tmp_path, mount_namespace):
+    out = tmp_path / "ro"
+    out.mkdir()
+    spec = write_spec({})
+    proc = mount_namespace(f"mount --bind {out} {out} && mount -o remount,bind,ro {out} && "
+                           f"cd {ROOT} && exec {sys.executable} experiments/sweep.py "
+                           f"--config {spec} --storage-path {out}", timeout=120)
+    assert_one_line_error(proc, "--storage-path: cannot write there (Read-only file system)",
+                          f"'{out}'")
+    assert list(out.iterdir()) == []
+
+
 def test_the_script_exits_2_with_one_line_and_no_traceback(write_spec, tmp_path):
     out = tmp_path / "results"
     proc = script("--config", write_spec("train: {lr: -0.5}\n"), "--storage-path", out)

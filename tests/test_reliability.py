@@ -106,7 +106,9 @@ def test_killed_driver_resumes_to_the_uninterrupted_results(write_spec, tmp_path
     done = {t for t, e in checkpoints(cut).items() if e == EPOCHS}
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (cut / "trials.parquet").exists()
+    # What the killed sweep leaves: the trials that had finished, readable.
+    assert set(pd.read_parquet(cut / "trials.parquet")["trial_id"]) == done
+    assert json.loads((cut / "unfinished.json").read_text())["state"] == "running"
 
     code, out = finish(sweep("--resume", "cut", "--storage-path", res))
     assert code == 0, out[-3000:]
@@ -198,3 +200,89 @@ def test_killed_trial_process_of_a_ddp_trial_restarts_it_on_the_same_pool(write_
     assert df["retries"].max() == 1 and df["resumed_from_epoch"].max() >= 1
     assert df["retry_error"].iloc[-1]  # the dead process, in a line
     assert df["test_acc"].iloc[-1] > 90.0
+
+
+@pytest.mark.parametrize("sig,times", [(signal.SIGINT, 1), (signal.SIGTERM, 1),
+                                       (signal.SIGINT, 2)],
+                         ids=["ctrl-c", "sigterm", "ctrl-c-twice"])
+def test_a_signal_mid_sweep_keeps_finished_trials_and_resumes(write_spec, tmp_path, sig, times):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM
+    (to the driver alone, as `kill` or `docker stop` sends it) while the second of
+    three trials trains."""
+    spec = write_spec({
+        "name": "sig",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mnist_cnn", "epochs": EPOCHS, "batch_size": 32},
+        "search": {"method": "grid", "grid": {"lr": [0.25, 0.5, 1.0]}, "max_concurrent": 1},
+    })
+    res = tmp_path / "res"
+    run = res / "cut"
+    proc = sweep("--config", spec, "--storage-path", res, "--name", "cut",
+                 start_new_session=True)
+    wait_for(lambda: sorted(checkpoints(run).values())[:2] in ([1, EPOCHS], [2, EPOCHS]),
+             proc, "the second trial's first epoch")
+    for _ in range(times):
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        time.sleep(0.3)
+    code, out = finish(proc, timeout=120)
+    assert code == 128 + sig, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"error: stopped by {signal.Signals(sig).name}"), out[-3000:]
+    assert f"--resume cut --storage-path {res}" in last, last
+    if times == 1:  # a graceful stop: the tables and the report, the rest marked
+        df = trials(run)
+        status = df.groupby("trial_index")["status"].first()
+        assert (status == "COMPLETED").sum() >= 1 and (status == "INTERRUPTED").sum() >= 1, status
+        assert "FAILED" not in set(status), df[["trial_index", "status", "error"]]
+        assert "trials finished" in last and "interrupted" in last
+        assert "**Interrupted**" in (run / "report.md").read_text()
+        assert json.loads((run / "unfinished.json").read_text())["state"] == "interrupted"
+
+    code, out = finish(sweep("--resume", "cut", "--storage-path", res))
+    assert code == 0, out[-3000:]
+    df = trials(run)
+    assert set(df["status"]) == {"COMPLETED"}, df[["trial_index", "status", "error"]]
+    assert df["trial_index"].nunique() == 3
+    assert (df.groupby("trial_index")["epoch"].apply(list) == [list(range(1, EPOCHS + 1))] * 3).all()
+    assert not (run / "unfinished.json").exists()
+    assert "Interrupted" not in (run / "report.md").read_text()
+
+
+def test_a_full_disk_mid_sweep_fails_with_one_line_and_keeps_finished_trials(
+        write_spec, tmp_path, mount_namespace):
+    """The results folder on a small tmpfs of the sweep's own mount namespace, filled
+    up once the first trial's row is written."""
+    spec = write_spec({
+        "name": "full",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mnist_cnn", "epochs": 3, "batch_size": 32},
+        "search": {"method": "grid", "grid": {"lr": [0.25, 0.5, 1.0, 1.5]}, "max_concurrent": 1,
+                   "max_failures": 0},
+    })
+    res, copy = tmp_path / "res", tmp_path / "copy"
+    res.mkdir()
+    py = sys.executable
+    proc = mount_namespace(f"""
+        mount -t tmpfs -o size=64m tmpfs {res} && cd {ROOT} || exit 90
+        {py} experiments/sweep.py --config {spec} --storage-path {res} --name full \
+            > {tmp_path}/sweep.log 2>&1 &
+        pid=$!
+        until [ -f {res}/full/trials.parquet ] || ! kill -0 $pid 2>/dev/null; do sleep 0.1; done
+        dd if=/dev/zero of={res}/filler bs=1M 2>/dev/null
+        wait $pid; echo "sweep_rc=$?"
+        rm {res}/filler   # space again: the user reads what was kept
+        {py} -m raytune_ctr.cli report {res}/full; echo "report_rc=$?"
+        cp -r {res}/full {copy}
+    """, timeout=600)
+    log = (tmp_path / "sweep.log").read_text()
+    assert "sweep_rc=1" in proc.stdout, proc.stdout + proc.stderr + log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "No space left on device" in last, log[-3000:]
+    assert "report_rc=0" in proc.stdout, proc.stdout + proc.stderr
+    df = pd.read_parquet(copy / "trials.parquet")
+    finished = df.groupby("trial_index")["status"].first()
+    assert (finished == "COMPLETED").sum() >= 1 and len(finished) < 4, finished
+    assert "**Unfinished**" in (copy / "report.md").read_text()

@@ -1,0 +1,235 @@
+"""Load: a random search of hundreds of tiny trials (some with 2 DDP workers, about
+half stopped early by ASHA) on a Ray head that outlives the sweep, as a shared
+cluster does. Afterwards it checks and records:
+
+- every trial is COMPLETED or STOPPED, and none is lost;
+- Ray's state API shows no placement group or actor, and /proc no process, of any
+  trial (the sweep's own coordinator, pools and trial processes included);
+- the driver's, raylet's and GCS's resident memory over the sweep (the curve);
+- the sweep's wall time and efficiency: the trials' training + evaluation seconds,
+  each times the CPUs it trained on, over wall seconds times the cluster's CPUs.
+
+    python benchmarks/load.py [--trials 200] [--out docs/results/.../load.json]
+    python benchmarks/load.py --smoke   # 12 trials
+
+Exits 1 when a trial is lost or failed or anything is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _common import SMOKE, emit
+
+from raytune_ctr import spec as spec_lib
+from raytune_ctr import sweep as sweep_lib
+from raytune_ctr.results import Results
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# Ray's own, one per cluster and kept on purpose: Train's autoscaling coordinator.
+RAYS_OWN = {"_AutoscalingCoordinatorActor"}
+# Process titles of what a sweep starts; none may outlive it.
+OURS = ("ray::ImplicitFunc", "ray::Coordinator", "ray::TrainController", "ray::RayTrainWorker",
+        "ray::PlacementGroupCleaner", "ray::SynchronizationActor", "ray::DatasetManager")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Head:
+    """`ray start --head` apart from the sweep; `address` and the state API's `api`."""
+
+    def __init__(self, cpus: int):
+        port, dash = free_port(), free_port()
+        self.address, self.api = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+        subprocess.run([RAY, "start", "--head", f"--port={port}", f"--num-cpus={cpus}",
+                        "--include-dashboard=true", f"--dashboard-port={dash}",
+                        "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
+
+    def stop(self) -> None:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=180)
+
+
+def leftovers(api: str) -> dict:
+    from ray.util.state import list_actors, list_placement_groups
+
+    groups = [g.placement_group_id for g in list_placement_groups(address=api, limit=10_000)
+              if g.state != "REMOVED"]
+    actors = [a.class_name for a in list_actors(address=api, limit=10_000)
+              if a.state == "ALIVE" and a.class_name not in RAYS_OWN]
+    procs = [t.split()[0] for t in _titles() if t.startswith(OURS)]
+    return {"placement groups": groups, "actors": actors, "processes": procs}
+
+
+def settled(api: str, timeout: float = 60.0) -> dict:
+    """What is left once teardown has had time to finish (Ray ends processes async)."""
+    end = time.monotonic() + timeout
+    while True:
+        left = leftovers(api)
+        if not any(left.values()) or time.monotonic() > end:
+            return left
+        time.sleep(1.0)
+
+
+def _titles() -> list[str]:
+    out = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(cmd.read_text().replace("\0", " "))
+        except OSError:
+            continue
+    return out
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _pid_of(fragment: str) -> int | None:
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if fragment in cmd.read_text():
+                return int(cmd.parent.name)
+        except OSError:
+            continue
+    return None
+
+
+class Memory(threading.Thread):
+    """Resident memory of the driver, raylet and GCS every `every` seconds, with the
+    number of trials in the results table so far (written as each trial ends)."""
+
+    def __init__(self, table: Path, every: float):
+        super().__init__(daemon=True)
+        self.table, self.every, self.stop = table, every, threading.Event()
+        self.pids = {"driver": os.getpid(), "raylet": _pid_of("/raylet"),
+                     "gcs": _pid_of("gcs_server")}
+        self.curve: list[dict] = []
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.sample()
+
+    def sample(self) -> None:
+        import pandas as pd
+
+        try:
+            done = int(pd.read_parquet(self.table, columns=["trial_index"])
+                       ["trial_index"].nunique())
+        except Exception:  # noqa: BLE001 - not written yet, or being replaced
+            done = self.curve[-1]["trials_done"] if self.curve else 0
+        row = {"t_s": round(time.monotonic() - self.t0, 1), "trials_done": done}
+        for name, pid in self.pids.items():
+            rss = _rss_mb(pid) if pid else None
+            row[f"{name}_rss_mb"] = round(rss, 1) if rss is not None else None
+        self.curve.append(row)
+
+
+def spec(args) -> dict:
+    return {
+        "name": "load",
+        "data": {"dataset": "digits", "subset": args.subset},
+        "train": {"model": "mlp", "hidden": [64], "epochs": args.epochs, "batch_size": 64},
+        "resources": {"cpus_per_worker": 1.0, "threads_per_worker": 1},
+        "search": {
+            "method": "random", "num_samples": args.trials, "seed": 0,
+            "objectives": {"test_acc": "max"},
+            "scheduler": "asha",
+            "asha": {"time_attr": "epoch", "grace_period": 1, "reduction_factor": 2},
+            "space": {"lr": {"loguniform": [0.001, 0.3]},
+                      "batch_size": {"choice": [32, 64, 128]},
+                      # one trial in five trains with 2 DDP workers
+                      "num_workers": {"choice": [1, 1, 1, 1, 2]}},
+        },
+    }
+
+
+def growth(curve: list[dict], key: str) -> float | None:
+    """The last sample minus the first, in MB."""
+    vals = [row[key] for row in curve if row.get(key) is not None]
+    return round(vals[-1] - vals[0], 1) if len(vals) > 1 else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--trials", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--subset", type=int, default=1024, help="training images per trial (of 1437)")
+    p.add_argument("--cpus", type=int, default=os.cpu_count())
+    p.add_argument("--every", type=float, default=5.0, help="seconds between memory samples")
+    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help=SMOKE)
+    args = p.parse_args()
+    if args.smoke:
+        args.trials, args.every = 12, 1.0
+
+    head = Head(args.cpus)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = spec_lib.from_dict(spec(args))
+            where = Results(tmp, s.name)
+            sweep_lib.prepare_data(s)
+            sweep_lib.connect(head.address)
+            memory = Memory(where.local / "trials.parquet", args.every)
+            memory.start()
+            t0 = time.perf_counter()
+            df = sweep_lib.run(s, where, address=head.address).trials
+            wall = time.perf_counter() - t0
+            memory.stop.set()
+            memory.join()
+            memory.sample()
+
+            import ray
+
+            cpus = ray.cluster_resources().get("CPU", 1.0)
+            ray.shutdown()  # the driver's own connection: not a leak of the sweep's
+        left = settled(head.api)
+    finally:
+        head.stop()
+
+    status = df.groupby("trial_index")["status"].first()
+    last = df.sort_values("epoch").groupby("trial_index").tail(1).set_index("trial_index")
+    busy = df.groupby("trial_index")[["epoch_time_s", "eval_time_s"]].sum().sum(axis=1)
+    slots = last["num_workers"] * last["cpus_per_worker"]
+    result = {
+        "trials_asked": args.trials, "trials_in_table": int(status.size),
+        "lost": int(args.trials - status.size),
+        "statuses": {k: int(v) for k, v in status.value_counts().items()},
+        "two_worker_trials": int((last["num_workers"] == 2).sum()),
+        "stopped_share": round(float((status == "STOPPED").mean()), 3),
+        "leftovers": left,
+        "wall_s": round(wall, 1), "cpus": cpus,
+        "train_eval_s": round(float(busy.sum()), 1),
+        "efficiency": round(float((busy * slots).sum()) / (wall * cpus), 3),
+        "s_per_trial": round(wall / max(1, status.size), 2),
+        "driver_rss_growth_mb": growth(memory.curve, "driver_rss_mb"),
+        "raylet_rss_growth_mb": growth(memory.curve, "raylet_rss_mb"),
+        "gcs_rss_growth_mb": growth(memory.curve, "gcs_rss_mb"),
+        "memory_curve": memory.curve,
+    }
+    emit(result, args.out)
+    ok = (result["lost"] == 0 and set(result["statuses"]) <= {"COMPLETED", "STOPPED"}
+          and not any(left.values()))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

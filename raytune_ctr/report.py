@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raytune_ctr import metrics, results
+from raytune_ctr import effects, metrics, results
 from raytune_ctr.metrics import MEASURED, RESULTS
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 
 log = logging.getLogger(__name__)
 
 PLOTS = ("pareto.png", "acc_by_epoch.png", "epoch_time.png")
+KNOBS = "knobs.csv"  # per knob and objective: change, its standard error, importance
 
 
 def label_trials(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
@@ -196,6 +197,52 @@ def _md(table: pd.DataFrame, index: bool = True) -> str:
     return table.to_markdown(index=index) + "\n"
 
 
+def knob_section(df: pd.DataFrame, spec: Spec, eff: pd.DataFrame) -> str:
+    """The sentences, then importances and the objective's mean at each knob value."""
+    if eff.empty:
+        return "No knob was searched with more than one value.\n\n"
+    out = "\n".join(f"- {s}" for s in effects.sentences(eff)) + "\n\n"
+    out += (f"Each change is from the knob's lowest value to its highest with the other "
+            f"knobs held fixed: an additive least-squares fit over the "
+            f"{len(effects.finished(df))} finished trials (a numeric knob by its logarithm "
+            f"where it spans 4x or more; times in per cent, accuracies in points), ± one "
+            f"standard error. A change is given only when it is over {effects.Z:g} standard "
+            f"errors and the trials are {effects.MIN_DOF} or more beyond the fit's terms. "
+            f"Importance: the share of each objective's variance a knob explains "
+            f"({effects.EVALUATOR}, Optuna's default evaluator).\n\n")
+    imp = eff.pivot_table(index="knob", columns="objective", values="importance", sort=False)
+    if imp.notna().any().any():
+        out += _md(imp.round(2).rename(columns=lambda c: f"importance for {c}"))
+    marg = effects.marginal(df, spec)
+    if not marg.empty:
+        marg["cell"] = [_fmt(m, sd, n, 2) + f" (n={n})"
+                        for m, sd, n in zip(marg["mean"], marg["std"], marg["n"], strict=True)]
+        table = marg.pivot_table(index=["knob", "level"], columns="objective", values="cell",
+                                 aggfunc="first", sort=False)
+        out += "\nMean ± spread of each objective at each value (raw, other knobs mixed in):\n\n"
+        out += _md(table)
+    return out
+
+
+def target_section(df: pd.DataFrame, spec: Spec, ttt: pd.DataFrame, target: float) -> str:
+    """airbench's measure: each trial's training seconds and epoch to the target, and
+    the same by knob value."""
+    reached = ttt.dropna(subset=["s_to_target"]).sort_values("s_to_target")
+    if reached.empty:
+        return f"No trial reached {target:g}%.\n\n"
+    out = (f"{len(reached)} of {len(ttt)} trials reached it; the fastest in "
+           f"{reached['s_to_target'].iloc[0]:.3g} s of training (epoch "
+           f"{int(reached['epoch_to_target'].iloc[0])}).\n\n")
+    out += _md(reached.head(10).set_index("config")[["epoch_to_target", "s_to_target"]]
+               .rename(columns={"epoch_to_target": "epoch", "s_to_target": "train s"})
+               .round(3))
+    by = effects.time_to_target_by_knob(df, spec, target)
+    if not by.empty:
+        out += "\nBy knob value (median over the trials that reached it):\n\n"
+        out += _md(by.set_index(["knob", "level"]).round(3))
+    return out
+
+
 def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     import matplotlib
 
@@ -258,6 +305,9 @@ def build(run_dir: Path) -> Path:
     if counts.get("INTERRUPTED", 0):
         status += f", {counts['INTERRUPTED']} INTERRUPTED"
     times, base = time_table(df, spec)
+    df = df.merge(effects.time_to_target(df, target)[["trial_index", "epoch_to_target",
+                                                      "s_to_target"]],
+                  on="trial_index", how="left")
     front = pareto_front(df, spec)
     obj = list(spec.search.objectives)
     failed = df[df["status"] == "FAILED"].groupby("trial_index").first()
@@ -280,11 +330,19 @@ def build(run_dir: Path) -> Path:
         md.append("**Unfinished**: the sweep stopped before its end (its driver died, or "
                   "its results could not be written); these are the trials that finished "
                   f"by then. `--resume {run_dir.name}` goes on.\n")
+    eff = effects.effects(df, spec)
+    ttt = effects.time_to_target(df, target)
     md.append("## Answer\n")
     md.append(fastest_reaching(df, target) + "\n")
+    md.append("## What each knob costs\n")
+    md.append(knob_section(df, spec, eff))
+    md.append(f"## Time to target ({target:g}% test accuracy)\n")
+    md.append(target_section(df, spec, ttt, target))
     md.append("## Pareto-optimal configurations\n")
-    md.append(_md(front[["config", *obj, "epoch"]].set_index("config").round(3)
-                  if not front.empty else front))
+    md.append(f"`s_to_target`: training seconds until test accuracy first reached "
+              f"{target:g}% (blank: never).\n\n")
+    md.append(_md(front[["config", *dict.fromkeys([*obj, "epoch", "s_to_target"])]]
+                  .set_index("config").round(3) if not front.empty else front))
     md.append("## Test accuracy (%) by epoch\n")
     md.append(_md(by_epoch(df, "test_acc", 2)))
     md.append("## Test loss by epoch\n")
@@ -311,6 +369,7 @@ def build(run_dir: Path) -> Path:
     md.append("## Plots\n")
     md.append("\n".join(f"![{p}]({p})" for p in PLOTS) + "\n")
     plot(df, spec, run_dir)
+    eff.to_csv(run_dir / KNOBS, index=False)
     out = run_dir / "report.md"
     out.write_text("\n".join(md))
     return out

@@ -1,0 +1,92 @@
+"""Knob effects on synthetic studies whose true effects are known: the importances
+rank the knobs right, the effects have the right signs, and a knob with no effect,
+or too few trials, is said to be noise rather than given a number."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raytune_ctr import effects
+from raytune_ctr import spec as spec_lib
+
+
+def study(n_per: int = 8, noise: float = 0.3, seed: int = 0):
+    """batch_size costs accuracy (−0.03 points per sample of batch) and saves time
+    (time ∝ 1/batch); lr does nothing; num_workers adds 40% time."""
+    rng = np.random.default_rng(seed)
+    rows, i = [], 0
+    for bs in (16, 32, 64, 128):
+        for _ in range(n_per):
+            lr = float(rng.uniform(0.1, 1.0))
+            nw = int(rng.choice([1, 2]))
+            acc = 95 - 0.03 * bs + rng.normal(0, noise)
+            t = 100 / bs * (1.4 if nw == 2 else 1.0) * rng.normal(1, 0.02)
+            for epoch in (1, 2):
+                rows.append({"trial_index": i, "status": "COMPLETED", "epoch": epoch,
+                             "batch_size": bs, "lr": lr, "num_workers": nw,
+                             "test_acc": acc - (2 if epoch == 1 else 0), "train_time_s": t * epoch})
+            i += 1
+    df = pd.DataFrame(rows)
+    spec = spec_lib.from_dict({"search": {
+        "method": "random", "num_samples": i, "objectives": {"test_acc": "max", "train_time_s": "min"},
+        "space": {"batch_size": {"choice": [16, 32, 64, 128]}, "lr": {"uniform": [0.1, 1.0]},
+                  "num_workers": {"choice": [1, 2]}}}})
+    return df, spec
+
+
+def test_importances_rank_the_knob_that_matters_first():
+    df, spec = study()
+    imp = effects.importances(df, spec)
+    for obj in ("test_acc", "train_time_s"):
+        ranked = imp[imp["objective"] == obj].sort_values("importance", ascending=False)
+        assert ranked["knob"].iloc[0] == "batch_size", ranked
+        assert ranked["importance"].sum() == pytest.approx(1.0, abs=0.01)
+    acc = imp[imp["objective"] == "test_acc"].set_index("knob")["importance"]
+    assert acc["lr"] < 0.2 and acc["num_workers"] < 0.2
+    assert set(imp["evaluator"]) == {"fANOVA"}
+
+
+def test_effects_have_the_true_signs_and_noise_is_called_noise():
+    df, spec = study()
+    eff = effects.effects(df, spec).set_index(["knob", "objective"])
+    bs_acc = eff.loc[("batch_size", "test_acc")]
+    assert (bs_acc["from"], bs_acc["to"]) == ("16", "128")
+    assert bs_acc["change"] == pytest.approx(-0.03 * 112, abs=0.5) and bs_acc["told_from_noise"]
+    assert bs_acc["unit"] == "points"
+    bs_time = eff.loc[("batch_size", "train_time_s")]
+    assert bs_time["unit"] == "%" and bs_time["change"] == pytest.approx(-87.5, abs=3)
+    assert bs_time["told_from_noise"]
+    nw_time = eff.loc[("num_workers", "train_time_s")]
+    assert nw_time["change"] == pytest.approx(40, abs=5) and nw_time["told_from_noise"]
+    assert eff.loc[("lr", "test_acc")]["from"] < eff.loc[("lr", "test_acc")]["to"]
+    assert not eff.loc[("lr", "test_acc")]["told_from_noise"]
+    text = "\n".join(effects.sentences(effects.effects(df, spec)))
+    assert "`batch_size` 16→128: −3.3 points test acc (±0.3), −88% train time" in text, text
+    assert "% train time" in text
+    assert "`lr`" in text and "cannot be told from noise for test acc" in text
+
+
+def test_too_few_trials_give_no_number():
+    df, spec = study(n_per=1)
+    eff = effects.effects(df, spec)
+    assert not eff["told_from_noise"].any()
+    text = " ".join(effects.sentences(eff))
+    assert "4 trials are too few to fit 4 terms" in text, text
+    few = df[df["trial_index"] < 2]
+    assert effects.importances(few, spec).empty
+
+
+def test_time_to_target_is_the_first_epoch_reaching_it():
+    df, spec = study()
+    df["config"] = "c"
+    ttt = effects.time_to_target(df, target=92.0).set_index("trial_index")
+    row = df[(df["trial_index"] == 0) & (df["epoch"] == 2)].iloc[0]  # bs 16: 94.5, then 92.5
+    first = df[(df["trial_index"] == 0)].sort_values("epoch")
+    reached = first[first["test_acc"] >= 92.0].iloc[0]
+    assert ttt.loc[0, "epoch_to_target"] == reached["epoch"]
+    assert ttt.loc[0, "s_to_target"] == reached["train_time_s"] <= row["train_time_s"]
+    never = ttt[ttt["epoch_to_target"].isna()]
+    assert len(never) > 0  # batch 128: 91.2 at best
+    by = effects.time_to_target_by_knob(df, spec, 92.0)
+    bs = by[by["knob"] == "batch_size"].set_index("level")
+    assert bs.loc["128", "reached"] == 0 and bs.loc["16", "reached"] == 8

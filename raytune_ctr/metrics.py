@@ -65,6 +65,7 @@ FACTS = {
     "resumed_from_epoch": "the epoch this run went on from (0: from the start)",
     "retries": "Tune's count of the trial's failures so far",
     "retry_error": "the last failure's error",
+    "ended_at": "when the epoch's evaluation ended (Unix seconds), for the sweep timeline",
 }
 
 RESULTS = tuple(k for k, m in METRICS.items() if m.kind == "result" and k != "epoch")

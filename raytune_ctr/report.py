@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raytune_ctr import effects, metrics, results
+from raytune_ctr import effects, metrics, page, results
 from raytune_ctr.metrics import MEASURED, RESULTS
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 
@@ -224,15 +224,22 @@ def knob_section(df: pd.DataFrame, spec: Spec, eff: pd.DataFrame) -> str:
     return out
 
 
+def target_summary(ttt: pd.DataFrame, target: float) -> str:
+    reached = ttt.dropna(subset=["s_to_target"]).sort_values("s_to_target")
+    if reached.empty:
+        return f"Time to target: no trial reached {target:g}% test accuracy."
+    return (f"Time to target ({target:g}%): {len(reached)} of {len(ttt)} trials reached it; "
+            f"the fastest in {reached['s_to_target'].iloc[0]:.3g} s of training (epoch "
+            f"{int(reached['epoch_to_target'].iloc[0])}, {reached['config'].iloc[0]}).")
+
+
 def target_section(df: pd.DataFrame, spec: Spec, ttt: pd.DataFrame, target: float) -> str:
     """airbench's measure: each trial's training seconds and epoch to the target, and
     the same by knob value."""
     reached = ttt.dropna(subset=["s_to_target"]).sort_values("s_to_target")
+    out = target_summary(ttt, target) + "\n\n"
     if reached.empty:
-        return f"No trial reached {target:g}%.\n\n"
-    out = (f"{len(reached)} of {len(ttt)} trials reached it; the fastest in "
-           f"{reached['s_to_target'].iloc[0]:.3g} s of training (epoch "
-           f"{int(reached['epoch_to_target'].iloc[0])}).\n\n")
+        return out
     out += _md(reached.head(10).set_index("config")[["epoch_to_target", "s_to_target"]]
                .rename(columns={"epoch_to_target": "epoch", "s_to_target": "train s"})
                .round(3))
@@ -294,7 +301,11 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
 
 
 def build(run_dir: Path) -> Path:
-    """Write report.md and the plots from a results folder; return the report's path."""
+    """Write report.md, report.html, knobs.csv and the plots from a results folder;
+    return report.md's path."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its in-memory studies, each a line
     run_dir = Path(run_dir)
     spec, df = results.load(run_dir)
     df = label_trials(df, spec)
@@ -372,6 +383,8 @@ def build(run_dir: Path) -> Path:
     eff.to_csv(run_dir / KNOBS, index=False)
     out = run_dir / "report.md"
     out.write_text("\n".join(md))
+    page.write(run_dir, df, spec, fastest_reaching(df, target), effects.sentences(eff),
+               target_summary(ttt, target))
     return out
 
 

@@ -385,6 +385,7 @@ def _epoch_metrics(run: Run, s: Sums, epoch: int, train_time: float, wall_time: 
     if s.cuda_mb is not None:
         m["peak_cuda_mb"] = s.cuda_mb
     m["peak_memory_mb"] = m.get("peak_cuda_mb", s.rss_mb)
+    m["ended_at"] = time.time()
     return m
 
 

@@ -1,0 +1,236 @@
+"""report.html: the report as one self-contained page (plotly.js inline, so it opens
+offline with nothing installed). The answer and what each knob costs in words, then
+Optuna's own plots of the trials (Pareto front, parallel coordinates, importances,
+EDF), accuracy against train time, hardware per trial, and the sweep timeline.
+
+Every plot is a plotly figure in a div with a fixed id, so a browser test can count
+what it draws: `pareto` holds a point per finished trial, `timeline` a "trial" bar
+per trial.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raytune_ctr import effects
+from raytune_ctr.spec import Spec
+
+PAGE = "report.html"
+PHASES = (("setup", "#9e9e9e"), ("train", "#2e7d32"), ("eval", "#1565c0"))
+
+
+def study(last: pd.DataFrame, spec: Spec):
+    """The finished trials as an in-memory Optuna study: the searched knobs as params,
+    the objectives as values, every metric as a user attribute (shown on hover)."""
+    import optuna
+
+    names = [k for k in effects.knobs(spec) if k in last]
+    dists: dict[str, optuna.distributions.BaseDistribution] = {}
+    for k in names:
+        v = last[k]
+        if effects._numeric(v) and v.nunique() > 4:
+            lo, hi = float(v.min()), float(v.max())
+            dists[k] = optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1e-9,
+                                                              log=lo > 0 and hi / lo > 20)
+        else:
+            dists[k] = optuna.distributions.CategoricalDistribution(
+                sorted(v.dropna().unique().tolist(), key=str))
+    objectives = list(spec.search.objectives.items())
+    s = optuna.create_study(directions=["maximize" if m == "max" else "minimize"
+                                        for _, m in objectives])
+    s.set_metric_names([o for o, _ in objectives])  # the plots' axis and legend names
+    shown = ["config", "epoch", "test_acc", "train_time_s", "s_to_target", "samples_per_s",
+             "peak_memory_mb", "mfu", "gpu_util", "cost_usd"]
+    for _, r in last.iterrows():
+        values = [float(r[o]) for o, _ in objectives]
+        if any(math.isnan(x) for x in values):
+            continue
+        params = {k: (float(r[k]) if isinstance(dists[k], optuna.distributions.FloatDistribution)
+                      else _py(r[k])) for k in names}
+        attrs = {c: _py(r[c]) for c in shown if c in r and pd.notna(r[c])}
+        s.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                              values=values, user_attrs=attrs))
+    return s
+
+
+def _py(v):
+    v = v.item() if hasattr(v, "item") else v
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
+    """Each trial's phases in wall-clock time, packed into slots (a trial takes the
+    first slot free when it starts): (segments, slots, wall seconds, efficiency:
+    training + evaluation seconds over wall seconds × slots)."""
+    rows = df[df["epoch"].notna() & df.get("ended_at", pd.Series(dtype=float)).notna()] \
+        if "ended_at" in df else df.iloc[0:0]
+    segs = []
+    for i, t in rows.sort_values("epoch").groupby("trial_index"):
+        first = True
+        for _, r in t.iterrows():
+            end = float(r["ended_at"])
+            ev = float(r.get("eval_time_s") or 0.0)
+            tr = float(r.get("epoch_time_s") or 0.0)
+            if first:
+                start = end - ev - tr
+                setup = float(r.get("setup_time_s") or 0.0)
+                segs.append((i, "setup", start - setup, start))
+                first = False
+            segs.append((i, "train", end - ev - tr, end - ev))
+            segs.append((i, "eval", end - ev, end))
+    seg = pd.DataFrame(segs, columns=["trial_index", "phase", "start", "end"])
+    if seg.empty:
+        return seg.assign(slot=[]), 0, 0.0, float("nan")
+    t0 = seg["start"].min()
+    seg["start"] -= t0
+    seg["end"] -= t0
+    span = seg.groupby("trial_index").agg(start=("start", "min"), end=("end", "max"))
+    free: list[float] = []  # each slot's end
+    slot = {}
+    for i, r in span.sort_values("start").iterrows():
+        j = next((k for k, e in enumerate(free) if e <= r["start"] + 1e-6), None)
+        if j is None:
+            free.append(r["end"])
+            j = len(free) - 1
+        else:
+            free[j] = r["end"]
+        slot[i] = j
+    seg["slot"] = seg["trial_index"].map(slot)
+    wall = float(seg["end"].max())
+    busy = float((seg[seg["phase"] != "setup"]["end"] - seg[seg["phase"] != "setup"]["start"]).sum())
+    return seg, len(free), wall, busy / (wall * len(free)) if wall > 0 else float("nan")
+
+
+def _timeline_figure(df: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    seg, slots, wall, eff = timeline(df)
+    fig = go.Figure()
+    if seg.empty:
+        return fig, "No epoch carried a time stamp (results from before `ended_at`)."
+    span = seg.groupby("trial_index").agg(start=("start", "min"), end=("end", "max"),
+                                          slot=("slot", "first"))
+    config = df.groupby("trial_index")["config"].first()
+    # The whole of each trial, behind its phases: what is not a phase is idle there.
+    fig.add_bar(name="trial", y=[f"slot {s}" for s in span["slot"]],
+                x=span["end"] - span["start"], base=span["start"], orientation="h",
+                marker={"color": "rgba(0,0,0,0.06)", "line": {"color": "#555", "width": 1}},
+                hovertext=[f"trial {i}: {config.get(i, '')}<br>{r.start:.2f}–{r.end:.2f} s"
+                           for i, r in span.iterrows()], hoverinfo="text", width=0.8)
+    for phase, color in PHASES:
+        p = seg[seg["phase"] == phase]
+        fig.add_bar(name=phase, y=[f"slot {s}" for s in p["slot"]], x=p["end"] - p["start"],
+                    base=p["start"], orientation="h", marker_color=color, width=0.5,
+                    hovertext=[f"trial {i} {phase}: {e - s:.3f} s" for i, s, e in
+                               zip(p["trial_index"], p["start"], p["end"], strict=True)],
+                    hoverinfo="text")
+    fig.update_layout(barmode="overlay", xaxis_title="seconds since the first trial started",
+                      title="Sweep timeline: each trial's set-up, training and evaluation; "
+                      "grey without a phase is idle", height=160 + 40 * slots)
+    note = (f"{slots} slots over {wall:.1f} s; training + evaluation fill "
+            f"{100 * eff:.0f}% of them (efficiency). The rest is each trial's set-up, "
+            "start and reporting, and slots waiting.")
+    return fig, note
+
+
+def _pareto_figure(s, spec: Spec, last: pd.DataFrame):
+    import optuna
+    import plotly.express as px
+
+    objectives = list(spec.search.objectives)
+    if len(objectives) > 1:
+        return optuna.visualization.plot_pareto_front(s, target_names=objectives)
+    x = "train_time_s" if objectives[0] != "train_time_s" else "test_acc"
+    return px.scatter(last, x=x, y=objectives[0], hover_name="config",
+                      hover_data=[c for c in ("epoch", "samples_per_s", "s_to_target")
+                                  if c in last], title=f"{objectives[0]} against {x}")
+
+
+def _hardware_figure(last: pd.DataFrame):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cols = [c for c in ("samples_per_s", "mfu", "gpu_util", "peak_memory_mb", "cost_usd")
+            if c in last and last[c].notna().any()]
+    fig = make_subplots(rows=len(cols) or 1, cols=1, shared_xaxes=True,
+                        subplot_titles=cols or ["no hardware figures"])
+    for k, c in enumerate(cols, start=1):
+        fig.add_trace(go.Bar(x=last["config"], y=last[c], name=c, showlegend=False), row=k, col=1)
+    fig.update_layout(height=220 * max(1, len(cols)), title="Hardware per trial (last epoch)")
+    return fig
+
+
+def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: list[str],
+          target_line: str) -> Path:
+    """Write report.html into the results folder; return its path."""
+    import optuna
+    import plotly.express as px
+    from plotly.offline import get_plotlyjs
+
+    last = effects.finished(df)
+    s = study(last, spec)
+    objectives = list(spec.search.objectives)
+    figures: list[tuple[str, str, Any, str]] = []  # (div id, heading, figure, note)
+    if len(s.trials):
+        figures.append(("pareto", "Pareto front", _pareto_figure(s, spec, last),
+                        "One point per finished trial; hover for its knobs and metrics."))
+    if len(s.trials) > 1 and s.trials[0].params:
+        first = objectives[0]
+        figures.append(("parallel", "Knobs against objectives",
+                        optuna.visualization.plot_parallel_coordinate(
+                            s, target=lambda t: t.values[0], target_name=first), ""))
+        try:
+            figures.append(("importances", "Importances", optuna.visualization
+                            .plot_param_importances(
+                                s, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)),
+                            f"{effects.EVALUATOR}, Optuna's default evaluator."))
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            pass  # too few trials or no spread: the knob sentences say so
+        figures.append(("edf", "Empirical distribution of the first objective",
+                        optuna.visualization.plot_edf(s, target=lambda t: t.values[0],
+                                                      target_name=first), ""))
+    if len(last):
+        figures.append(("acc_time", "Test accuracy against train time",
+                        px.scatter(last, x="train_time_s", y="test_acc", hover_name="config",
+                                   color="samples_per_s" if "samples_per_s" in last else None),
+                        "Each trial's last epoch."))
+        figures.append(("hardware", "Hardware per trial", _hardware_figure(last), ""))
+    tl, note = _timeline_figure(df)
+    figures.append(("timeline", "Sweep timeline", tl, note))
+
+    parts = [f"<h1>{html.escape(spec.name)}</h1>",
+             f"<p>{html.escape(spec.description.strip())}</p>" if spec.description else "",
+             "<h2>Answer</h2>", f"<p>{_inline(answer)}</p>",
+             f"<p>{_inline(target_line)}</p>",
+             "<h2>What each knob costs</h2>",
+             "<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in knob_lines) + "</ul>"]
+    for div, heading, fig, text in figures:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if text:
+            parts.append(f"<p>{_inline(text)}</p>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div))
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(spec.name)}: raytune_ctr report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+            "code{background:#f3f3f3;padding:0 .2em}</style>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    out = run_dir / PAGE
+    out.write_text(page)
+    return out
+
+
+def _inline(text: str) -> str:
+    """Markdown's `code` and **bold** as HTML, the rest escaped."""
+    out = html.escape(text)
+    for mark, tag in (("**", "b"), ("`", "code")):
+        pieces = out.split(mark)
+        out = "".join(p if k % 2 == 0 else f"<{tag}>{p}</{tag}>" for k, p in enumerate(pieces))
+    return out
+
+

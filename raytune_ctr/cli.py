@@ -53,6 +53,16 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+def _where(folder: Path) -> str:
+    """Where a sweep's results are, and the commands that open them."""
+    lines = [("results", f"{folder}  (trials.parquet, trials.csv, knobs.csv, plots)"),
+             ("report", f"{folder / 'report.md'}"),
+             ("page", f"{folder / 'report.html'}  (open it in a browser; works offline)"),
+             ("TensorBoard", f"tensorboard --logdir {folder}"),
+             ("Optuna", f"optuna-dashboard sqlite:///{folder / 'optuna.db'}")]
+    return "\n".join(f"{k + ':':13}{v}" for k, v in lines)
+
+
 def _resumable(where: Results) -> bool:
     from raytune_ctr.results import can_resume
 
@@ -115,7 +125,7 @@ def sweep(args: argparse.Namespace) -> int:
     statuses = df.groupby("trial_index")["status"].first()
     answer = report.fastest_reaching(report.label_trials(df, outcome.spec),
                                      outcome.spec.report.target_acc)
-    print(f"\nreport: {outcome.report}\n{answer}")
+    print(f"\n{answer}\n\n{_where(outcome.report.parent)}")
     if (statuses == "FAILED").all():
         return _fail(f"all {len(statuses)} trials failed; see {outcome.report}", 1)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ def study(last: pd.DataFrame, spec: Spec):
     objectives = list(spec.search.objectives.items())
     s = optuna.create_study(directions=["maximize" if m == "max" else "minimize"
                                         for _, m in objectives])
-    s.set_metric_names([o for o, _ in objectives])  # the plots' axis and legend names
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        s.set_metric_names([o for o, _ in objectives])  # the plots' axis and legend names
     shown = ["config", "epoch", "test_acc", "train_time_s", "s_to_target", "samples_per_s",
              "peak_memory_mb", "mfu", "gpu_util", "cost_usd"]
     for _, r in last.iterrows():
@@ -51,7 +54,7 @@ def study(last: pd.DataFrame, spec: Spec):
         if any(math.isnan(x) for x in values):
             continue
         params = {k: (float(r[k]) if isinstance(dists[k], optuna.distributions.FloatDistribution)
-                      else _py(r[k])) for k in names}
+                      else (r[k].item() if hasattr(r[k], "item") else r[k])) for k in names}
         attrs = {c: _py(r[c]) for c in shown if c in r and pd.notna(r[c])}
         s.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
                                               values=values, user_attrs=attrs))

@@ -255,6 +255,7 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ok = df[df["epoch"].notna() & (df["status"] != "FAILED")]
     last = final_rows(ok)
@@ -269,9 +270,10 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
         front = last[mask].sort_values("train_time_s")
         ax.step(front["train_time_s"], front["test_acc"], where="post", c="tab:red",
                 label="Pareto front")
-        for _, r in front.iterrows():
-            ax.annotate(r["config"], (r["train_time_s"], r["test_acc"]), fontsize=7,
-                        xytext=(4, -8), textcoords="offset points")
+        # Trial numbers, not configs (those overlap): the report's Pareto table has them.
+        for k, (_, r) in enumerate(front.iterrows()):
+            ax.annotate(f"#{int(r['trial_index'])}", (r["train_time_s"], r["test_acc"]),
+                        fontsize=8, xytext=(5, 6 if k % 2 else -11), textcoords="offset points")
     ax.set(xlabel="train time (s)", ylabel="test accuracy (%)",
            title=f"{spec.name}: accuracy against train time")
     ax.legend(loc="lower right")
@@ -283,6 +285,7 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     for _, t in ok.groupby("trial_index"):
         ax.plot(t["epoch"], t["test_acc"], marker="o", label=t["config"].iloc[0])
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy by epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
     if ok["trial_index"].nunique() <= 12:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -352,7 +355,8 @@ def build(run_dir: Path) -> Path:
     md.append("## Pareto-optimal configurations\n")
     md.append(f"`s_to_target`: training seconds until test accuracy first reached "
               f"{target:g}% (blank: never).\n\n")
-    md.append(_md(front[["config", *dict.fromkeys([*obj, "epoch", "s_to_target"])]]
+    md.append(_md(front[["config", "trial_index", *dict.fromkeys([*obj, "epoch", "s_to_target"])]]
+                  .rename(columns={"trial_index": "trial"})
                   .set_index("config").round(3) if not front.empty else front))
     md.append("## Test accuracy (%) by epoch\n")
     md.append(_md(by_epoch(df, "test_acc", 2)))

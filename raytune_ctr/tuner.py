@@ -96,7 +96,7 @@ class Aborted(KeyboardInterrupt):
 
 
 def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
-        stop: Stop | None = None):
+        stop: Stop | None = None, verbose: bool = False):
     """Run every trial of `spec` on the connected Ray cluster; return Tune's ResultGrid.
 
     Tune and the trials write to `where` (a URI such as gs://bucket/prefix/<name>,
@@ -108,6 +108,11 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
     from raytune_ctr import trace
 
     trace.mark("sweep_start")
+    # With num_to_keep=1 every epoch's checkpoint makes Tune snapshot its experiment
+    # state, and warn each time (3 lines a trial; its cost: docs/benchmarks.md).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not verbose:  # Tune's older reporter prints nothing at verbose 0; the live view does
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     live = _live_trials(spec, concurrency)
     param_space, search_alg, num_samples = _search(spec, where, live)
     coordinator = _start_coordinator(spec, where)
@@ -122,7 +127,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
                 num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
                 max_concurrent_trials=None if spec.search.method != "optuna" else live,
                 reuse_actors=True, trial_dirname_creator=_dirname),
-            run_config=_run_config(spec, where),
+            run_config=_run_config(spec, where, verbose),
         )
         _wait_for_pools(coordinator)
         trace.mark("tuner_fit")
@@ -278,12 +283,15 @@ def _dirname(t) -> str:
     return f"{results.TRIAL_PREFIX}{t.trial_id}"
 
 
-def _run_config(spec: Spec, where: Results):
+def _run_config(spec: Spec, where: Results, verbose: bool = False):
     from ray import tune
 
+    # Tune's own output (a box per trial start and result) only with -v; else the
+    # compact live table.
+    callbacks = [_coordination(spec, _coordinator_name(where)), _Tables(spec, where)]
     return tune.RunConfig(
-        name=where.name, storage_path=where.tune_storage, verbose=1,
-        callbacks=[_coordination(spec, _coordinator_name(where)), _Tables(spec, where)],
+        name=where.name, storage_path=where.tune_storage, verbose=1 if verbose else 0,
+        callbacks=callbacks if verbose else [*callbacks, _Live(spec)],
         # A trial that fails restarts from its last epoch checkpoint (max_failures
         # times; any error counts, so a diverged trial is tried again, then FAILED).
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
@@ -461,6 +469,84 @@ class _Tables(Callback):
                 "the sweep stops. The trials finished before are in its trials.parquet, "
                 "and --resume goes on")
             raise self.write_error from None
+
+
+class _Live(Callback):
+    """The live view: every `every` seconds something changed, a compact table of the
+    running trials and the best finished ones (knobs, epoch/epochs, objectives,
+    s/epoch), then a line with trials done/total, the best so far and an ETA."""
+
+    def __init__(self, spec: Spec, every: float = 10.0, rows: int = 12):
+        self.spec, self.every, self.rows = spec, every, rows
+        self._reset()
+
+    def _reset(self) -> None:
+        self._last: dict[str, dict] = {}
+        self._printed, self._changed, self._t0 = 0.0, False, time.monotonic()
+
+    def __getstate__(self):
+        return {"spec": self.spec, "every": self.every, "rows": self.rows}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._last[trial.trial_id] = result
+        self._changed = True
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._changed = True
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._changed and time.monotonic() - self._printed >= self.every:
+            self._print(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._print(trials)
+
+    def _print(self, trials) -> None:
+        from tabulate import tabulate
+
+        self._printed, self._changed = time.monotonic(), False
+        objectives = list(self.spec.search.objectives)
+        first, mode = objectives[0], self.spec.search.objectives[objectives[0]]
+        keys = [k for k in self.spec.searched_keys() if k != "seed"]
+        total = _total(self.spec)
+        rows, best = [], None
+        for i, t in enumerate(trials):
+            r = self._last.get(t.trial_id) or {}
+            if first in r and (best is None or (r[first] > best[0]) == (mode == "max")):
+                best = (r[first], i)
+            train, _ = self.spec.resolve(dict(t.config))
+            rows.append([i, t.status.lower(), " ".join(f"{k}={_short(t.config.get(k))}"
+                                                        for k in keys),
+                         f"{r.get('epoch', 0)}/{train.epochs}",
+                         *(f"{r[o]:.4g}" if o in r else "" for o in objectives),
+                         f"{r['epoch_time_s']:.3g}" if "epoch_time_s" in r else ""])
+        live = [x for x in rows if x[1] in ("running", "pending", "paused")]
+        ended = [x for x in rows if x not in live]
+        key = objectives.index(first) + 4
+        ended.sort(key=lambda x: float(x[key]) if x[key] else float("inf") * (1 if mode == "min" else -1),
+                   reverse=mode == "max")
+        shown = live[:self.rows] + ended[:max(3, self.rows - len(live))]
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        elapsed = time.monotonic() - self._t0
+        eta = f", ETA {elapsed / done * (total - done):.0f} s" if 0 < done < total else ""
+        head = ["trial", "status", "knobs", "epoch", *objectives, "s/epoch"]
+        print(tabulate(shown, head, tablefmt="simple"), flush=True)
+        print(f"{done}/{total} trials done in {elapsed:.0f} s"
+              + (f"; best {first} {best[0]:.4g} (trial {best[1]})" if best else "") + eta + "\n",
+              flush=True)
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _total(spec: Spec) -> int:
+    return len(spec.grid_points()) * spec.search.num_samples \
+        if spec.search.method == "grid" else spec.search.num_samples
 
 
 def write_error(where: Results) -> StorageError | None:

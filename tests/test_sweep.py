@@ -106,7 +106,12 @@ def test_quickstart_smoke_is_the_readme_job_in_small(tmp_path, monkeypatch):
     df = trials(tmp_path / "smoke")
     assert df["trial_index"].nunique() == 2 and (df["epoch"] == 1).all()
     assert (tmp_path / "smoke" / "report.md").is_file()
+    assert (tmp_path / "smoke" / "report.html").is_file() and (tmp_path / "smoke" / "knobs.csv").is_file()
     assert "Fastest configuration" in proc.stdout or "No configuration reached" in proc.stdout
+    # The live view, not Tune's boxes of 40 metrics: the whole run fits a screen or two.
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) < 80, "\n".join(lines)
+    assert "trials done" in proc.stdout and "tensorboard --logdir" in proc.stdout
 
 
 def test_smoke_to_a_uri_storage_path(tmp_path, monkeypatch):

@@ -135,8 +135,9 @@ def _timeline_figure(df: pd.DataFrame):
     fig.update_layout(barmode="overlay", xaxis_title="seconds since the first trial started",
                       title="Sweep timeline: each trial's set-up, training and evaluation; "
                       "grey without a phase is idle", height=160 + 40 * slots)
-    note = (f"{slots} slots over {wall:.1f} s; training + evaluation fill "
-            f"{100 * eff:.0f}% of them (efficiency). The rest is each trial's set-up, "
+    note = (f"{slots} slot{'s' if slots > 1 else ''} over {wall:.1f} s from the first "
+            f"trial's start; training + evaluation fill {100 * eff:.0f}% of "
+            f"{'them' if slots > 1 else 'it'} (efficiency). The rest is each trial's set-up, "
             "start and reporting, and slots waiting.")
     return fig, note
 

@@ -18,7 +18,7 @@ from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 
 log = logging.getLogger(__name__)
 
-PLOTS = ("pareto.png", "acc_by_epoch.png", "epoch_time.png")
+PLOTS = ("pareto.png", "acc_by_epoch.png", "epoch_time.png", "timeline.png")
 KNOBS = "knobs.csv"  # per knob and objective: change, its standard error, importance
 
 
@@ -302,6 +302,22 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     fig.savefig(run_dir / "epoch_time.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
+    seg, slots, wall, _ = page.timeline(df)
+    fig, ax = plt.subplots(figsize=(9, 1 + 0.5 * max(1, slots)))
+    colors = dict(page.PHASES)
+    for (phase, slot), g in seg.groupby(["phase", "slot"]) if not seg.empty else []:
+        ax.broken_barh(list(zip(g["start"], g["end"] - g["start"], strict=True)),
+                       (slot - 0.3, 0.6), color=colors[phase],
+                       label=phase if slot == 0 else None)
+    ax.set(xlabel="seconds since the first trial started", yticks=range(max(1, slots)),
+           yticklabels=[f"slot {k}" for k in range(max(1, slots))],
+           title="sweep timeline: set-up, training, evaluation; white is idle")
+    if not seg.empty:
+        ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "timeline.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
 
 def build(run_dir: Path) -> Path:
     """Write report.md, report.html, knobs.csv and the plots from a results folder;
@@ -367,6 +383,13 @@ def build(run_dir: Path) -> Path:
                      "cost_usd"))
     md.append(f"Speedup is s/epoch against **{base}**.\n\n" if base else "")
     md.append(_md(times))
+    md.append("## Sweep timeline\n")
+    seg, slots, wall, efficiency = page.timeline(df)
+    md.append(f"{slots} slot{'s' if slots > 1 else ''} over {wall:.1f} s from the first "
+              f"trial's start; training and evaluation fill {100 * efficiency:.0f}% of "
+              f"{'them' if slots > 1 else 'it'} (the rest is set-up, start-up, reporting and "
+              "waiting). See timeline.png, or report.html to hover.\n" if slots else
+              "No epoch carried a time stamp.\n")
     md.append("## Hardware per trial\n")
     md.append(_notes("samples_per_s", "data_time_s", "setup_time_s", "wall_time_s",
                      "peak_rss_mb", "peak_cuda_mb", "flops_per_sample", "tflops", "mfu",

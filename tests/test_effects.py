@@ -90,3 +90,23 @@ def test_time_to_target_is_the_first_epoch_reaching_it():
     by = effects.time_to_target_by_knob(df, spec, 92.0)
     bs = by[by["knob"] == "batch_size"].set_index("level")
     assert bs.loc["128", "reached"] == 0 and bs.loc["16", "reached"] == 8
+
+
+def test_the_timeline_packs_overlapping_trials_into_slots():
+    from raytune_ctr import page
+
+    rows = []
+    # trial 0: 0-3 s, trial 1: 1-4 s (overlaps), trial 2: 4-6 s (takes slot 0 again)
+    for i, (start, setup) in enumerate([(0.0, 1.0), (1.0, 1.0), (4.0, 0.5)]):
+        t = start + setup
+        for epoch in (1, 2):
+            t += 0.5 + 0.25  # train, then eval
+            rows.append({"trial_index": i, "epoch": epoch, "ended_at": 1000 + t,
+                         "epoch_time_s": 0.5, "eval_time_s": 0.25, "setup_time_s": setup,
+                         "status": "COMPLETED"})
+    seg, slots, wall, eff = page.timeline(pd.DataFrame(rows))
+    assert slots == 2
+    assert seg.groupby("trial_index")["slot"].first().tolist() == [0, 1, 0]
+    assert wall == pytest.approx(6.0)
+    assert eff == pytest.approx(3 * 1.5 / (6.0 * 2))
+    assert set(seg["phase"]) == {"setup", "train", "eval"}

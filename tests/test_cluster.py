@@ -71,7 +71,7 @@ def test_security_defaults():
     assert gpu["minReplicas"] == 0
     assert gpu["template"]["spec"]["nodeSelector"] == {
         "cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-spot": "true"}
-    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert re.match(r"python experiments/sweep.py .*--address auto --storage-path gs://",
                     kuberay.rayjob()["spec"]["entrypoint"])
     for pod in pods:  # Workload Identity's service account, and where results go

@@ -1,9 +1,9 @@
-"""`ray up cluster/gke.yaml`: the config passes Ray's validator, loads our provider, and
-the provider's logic holds against an in-memory fake of the Kubernetes API.
-
-No API server exists here. FakeKube plays the API server and KubeRay's part (a
-created RayCluster gets a head pod and its workers; a deleted one takes its pods
-with it); pod exec runs the command in a local bash with HOME in a temp folder.
+"""`ray up cluster/gke.yaml`: the config passes Ray's validator and loads our provider;
+and, against an in-memory fake of the Kubernetes API, what a real API server cannot
+show (tests/test_k8s.py has the rest, against a real kube-apiserver): garbage
+collection of a deleted RayCluster's pods, and commands and file copies over pod
+exec, which need a kubelet. FakeKube plays the API server and KubeRay's part; pod
+exec runs the command in a local bash with HOME in a temp folder.
 """
 
 import copy
@@ -241,57 +241,12 @@ def test_provider_section_typos_are_errors(key, value, match):
 
 
 # --- the provider against the fake API ---------------------------------------------------
+# The provider's API calls run against a real kube-apiserver in tests/test_k8s.py. What
+# stays here is what that server cannot do: it has no garbage collector, no kubelet
+# (so no exec output) and no operator making worker pods.
 
-def test_head_creation_makes_one_raycluster_and_waits_for_its_head(provider, kube):
-    provider.create_node({}, HEAD_TAGS, 1)
-    creates = [c for c in kube.calls if c[0] == "create"]
-    assert creates == [("create", "rayclusters", "raytune-ctr")]
-    body = kube.crs["raytune", "raytune-ctr"]
-    assert body["spec"] == kuberay.raycluster_spec(kuberay.ClusterConfig())
-    assert body["metadata"]["annotations"][TAG_RAY_LAUNCH_CONFIG] == "0f3c"
-    head = "raytune-ctr-head-abcde"
-    assert kube.pods[head].status.phase == "Running"  # waited past Pending
-    # What `ray up` polls for right after create_node: exactly the new head.
-    assert provider.non_terminated_nodes(HEAD_TAGS) == [head]
-    assert provider.internal_ip(head).startswith("10.8.") and provider.external_ip(head) is None
-    with pytest.raises(NotImplementedError, match="KubeRay's autoscaler creates worker pods"):
-        provider.create_node({}, {TAG_RAY_NODE_KIND: NODE_KIND_WORKER}, 2)
-
-
-def test_an_existing_raycluster_is_reused_not_duplicated(provider, kube, caplog):
-    provider.create_node({}, HEAD_TAGS, 1)
-    kube.crs["raytune", "raytune-ctr"]["metadata"]["annotations"]["kubectl.io/x"] = "not a tag"
-    provider.create_node({}, HEAD_TAGS | {TAG_RAY_LAUNCH_CONFIG: "77aa"}, 1)
-    assert [c[0] for c in kube.calls] == ["create", "patch"] and len(kube.crs) == 1
-    tags = provider.node_tags("raytune-ctr-head-abcde")
-    assert tags[TAG_RAY_LAUNCH_CONFIG] == "77aa" and "kubectl.io/x" not in tags
-    assert "another spec" not in caplog.text
-    other = gke.KubeRayNodeProvider(gke_yaml()["provider"] | {"head_cpu": "4"}, "raytune-ctr")
-    other.core = other.custom = kube
-    other.create_node({}, HEAD_TAGS, 1)
-    assert "exists with another spec; it is reused as it is" in caplog.text
-    assert kube.crs["raytune", "raytune-ctr"]["spec"]["headGroupSpec"] == kuberay.raycluster_spec(
-        kuberay.ClusterConfig())["headGroupSpec"]  # untouched
-
-
-def test_nodes_and_tags_come_from_kuberay_labels(provider, kube):
-    provider.create_node({}, HEAD_TAGS, 1)
-    head, worker = "raytune-ctr-head-abcde", "raytune-ctr-cpu-worker-0"
-    assert sorted(provider.non_terminated_nodes({})) == [worker, head]
-    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER}) == [worker]
-    assert provider.non_terminated_nodes({TAG_RAY_USER_NODE_TYPE: "cpu"}) == [worker]
-    assert provider.non_terminated_nodes({TAG_RAY_USER_NODE_TYPE: "gpu"}) == []  # scales from 0
-    assert provider.node_tags(worker) == {
-        "ray-cluster-name": "raytune-ctr", TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
-        TAG_RAY_USER_NODE_TYPE: "cpu", TAG_RAY_NODE_STATUS: "up-to-date"}
-    assert provider.node_tags(head)[TAG_RAY_NODE_STATUS] == "uninitialized"  # until set up
-    provider.set_node_tags(head, {TAG_RAY_NODE_STATUS: "up-to-date"})
-    assert sorted(provider.non_terminated_nodes({TAG_RAY_NODE_STATUS: "up-to-date"})) == [
-        worker, head]
-    assert provider.is_running(head) and not provider.is_terminated(head)
-    assert provider.is_terminated("no-such-pod")
-
-
+# Garbage collection: deleting the RayCluster takes its pods with it (the
+# controller-manager's garbage collector, following owner references).
 def test_terminating_the_head_deletes_the_raycluster(provider, kube):
     provider.create_node({}, HEAD_TAGS, 1)
     provider.terminate_node("raytune-ctr-cpu-worker-0")  # a worker: only its pod
@@ -304,15 +259,9 @@ def test_terminating_the_head_deletes_the_raycluster(provider, kube):
     provider.terminate_node("raytune-ctr-head-abcde")  # ray down's next round: already gone
 
 
-@needs_crds
-def test_what_the_provider_creates_passes_the_crd_schema(provider, kube):
-    provider.create_node({}, HEAD_TAGS, 1)
-    full = schema.validate(kube.crs["raytune", "raytune-ctr"])
-    assert full["spec"]["headGroupSpec"]["serviceType"] == "ClusterIP"  # never a LoadBalancer
-    schema.validate(kuberay.rayjob(provider.cfg))
-
-
 # --- commands over pod exec -----------------------------------------------------------
+# Exec needs a kubelet, which the real server has not (it answers 400; test_k8s.py
+# checks that is one line): these run the command in a local bash instead.
 
 def test_exec_runner_exit_codes_output_and_env(provider, kube):
     provider.create_node({}, HEAD_TAGS, 1)

@@ -65,6 +65,76 @@ def cluster_config(provider_config: dict, cluster_name: str) -> kuberay.ClusterC
     return kuberay.ClusterConfig.from_dict({"name": cluster_name} | keys)
 
 
+GET_CREDENTIALS = "gcloud container clusters get-credentials CLUSTER --region REGION"
+INSTALL_KUBERAY = ("helm repo add kuberay https://ray-project.github.io/kuberay-helm/ && "
+                   "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0")
+
+
+def explain(err: Exception, namespace: str) -> str | None:
+    """One line naming the cause and the fix for an API error a user can fix, or None
+    (a missing object is the caller's to handle)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(err, ApiException):
+        try:
+            body = json.loads(err.body or "")
+        except ValueError:
+            body = None  # not a Status: the server serves no such path
+        message = body.get("message", "") if isinstance(body, dict) else ""
+        if err.status == 401:
+            return ("the Kubernetes API server refused the credentials (401 Unauthorized); "
+                    f"get fresh ones: {GET_CREDENTIALS}")
+        if err.status == 403:
+            return (f"not allowed by the cluster's RBAC (403 Forbidden: {message}); this needs "
+                    f"a Role in namespace {namespace} over pods, pods/exec and "
+                    "rayclusters.ray.io")
+        if err.status == 404 and body is None:
+            return (f"this cluster has no KubeRay CRDs (rayclusters.ray.io); install the "
+                    f"KubeRay operator first: {INSTALL_KUBERAY}")
+        if err.status == 404 and (body.get("details") or {}).get("kind") == "namespaces":
+            return (f"namespace {namespace} does not exist; create it (kubectl create namespace "
+                    f"{namespace}) or set provider.namespace in cluster/gke.yaml")
+        return None
+    if isinstance(err, HTTPError | OSError):
+        import kubernetes
+
+        host = kubernetes.client.Configuration.get_default_copy().host
+        return (f"cannot reach the Kubernetes API server at {host} ({type(err).__name__}); "
+                "check the cluster your kubeconfig names (kubectl cluster-info) and the network")
+    return None
+
+
+class _Explained:
+    """A kubernetes API object whose errors a user can fix become one ClickException
+    line (Ray's CLI prints it as `Error: ...` and exits 1), not a traceback with the
+    HTTP headers."""
+
+    def __init__(self, api, namespace: str):
+        self._api, self._namespace = api, namespace
+
+    def __getattr__(self, name):
+        method = getattr(self._api, name)
+        if not callable(method):
+            return method
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as err:
+                line = explain(err, self._namespace)
+                if line is None:
+                    raise
+                import click
+
+                raise click.ClickException(line) from None
+        return call
+
+    @property
+    def api_client(self):
+        return self._api.api_client
+
+
 def _cpus(quantity: str) -> float | int:
     """A Kubernetes CPU quantity ("4", "500m") as Ray's CPU resource."""
     n = int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
@@ -116,15 +186,21 @@ class KubeRayNodeProvider(NodeProvider):
             except ImportError as err:  # the `cluster` extra
                 raise ImportError("cluster/gke.yaml's provider needs the kubernetes client: "
                                   f"pip install -e '.[cluster]' ({err})") from None
+            import click
 
-            try:
-                kubernetes.config.load_kube_config()
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_incluster_config()
+            try:  # KUBECONFIG as it is now (the client reads it once, at import)
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+            except kubernetes.config.ConfigException as err:
+                try:
+                    kubernetes.config.load_incluster_config()
+                except kubernetes.config.ConfigException:
+                    raise click.ClickException(
+                        f"no Kubernetes credentials ({err}; and not inside a pod); get them "
+                        f"for your GKE cluster: {GET_CREDENTIALS} (or set KUBECONFIG)") from None
             from kubernetes.stream import stream
 
-            self.core = kubernetes.client.CoreV1Api()
-            self.custom = kubernetes.client.CustomObjectsApi()
+            self.core = _Explained(kubernetes.client.CoreV1Api(), self.namespace)
+            self.custom = _Explained(kubernetes.client.CustomObjectsApi(), self.namespace)
             self.stream = stream
         return self.core, self.custom
 
@@ -159,6 +235,13 @@ class KubeRayNodeProvider(NodeProvider):
         elif existing["metadata"].get("deletionTimestamp"):
             raise RuntimeError(f"RayCluster {self.namespace}/{self.cfg.name} is being deleted; "
                                "run `ray up` again once it is gone")
+        elif SPEC_HASH not in (existing["metadata"].get("annotations") or {}):
+            import click
+
+            raise click.ClickException(
+                f"a RayCluster {self.namespace}/{self.cfg.name} exists that `ray up` did not "
+                "make; choose another cluster_name in cluster/gke.yaml, or delete it (kubectl "
+                f"-n {self.namespace} delete raycluster {self.cfg.name})")
         else:
             if (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != spec_hash:
                 log.warning("RayCluster %s exists with another spec; it is reused as it is "
@@ -185,10 +268,11 @@ class KubeRayNodeProvider(NodeProvider):
         pod; KubeRay's autoscaler decides whether another one comes back."""
         core, custom = self._clients()
         try:
-            if self._kind(core.read_namespaced_pod(node_id, self.namespace)) == NODE_KIND_HEAD:
+            if self._kind(core.read_namespaced_pod(node_id, self.namespace)) == NODE_KIND_HEAD \
+                    and self._get_raycluster() is not None:
                 custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
                                                        self.cfg.name)
-            else:
+            else:  # a worker, or a head whose RayCluster is gone already
                 core.delete_namespaced_pod(node_id, self.namespace)
         except Exception as err:
             if not _not_found(err):  # already gone is done
@@ -250,7 +334,9 @@ class KubeRayNodeProvider(NodeProvider):
 
     def is_running(self, node_id: str) -> bool:
         try:
-            return self._pod(node_id).status.phase == "Running"
+            pod = self._pod(node_id)
+            # A deleted pod stays, Terminating, until its kubelet confirms: not running.
+            return pod.status.phase == "Running" and not pod.metadata.deletion_timestamp
         except Exception as err:
             if _not_found(err):
                 return False
@@ -287,6 +373,16 @@ def _remote(path: str) -> str:
     return shlex.quote(path)
 
 
+def _message(err) -> str:
+    """An ApiException's own message (the Status's), without the HTTP headers."""
+    for text in (getattr(err, "body", None), str(getattr(err, "reason", "")).split("-+-+-")[-1]):
+        try:
+            return json.loads(text)["message"]
+        except (TypeError, ValueError, KeyError):
+            continue
+    return str(getattr(err, "reason", err)).split(" -+-+- ")[0]
+
+
 def _exit_code(status: dict) -> int | None:
     """Exit code from the exec status (error channel); None if it says nothing of one."""
     if status.get("status") == "Success":
@@ -313,6 +409,7 @@ class KubeExecCommandRunner(CommandRunnerInterface):
     def _exec(self, script: str, stdin: bytes | None = None, capture: bool = False) -> tuple:
         """Run `bash -c script`; return (exit code or None, stdout bytes, status dict)."""
         core, _ = self.provider._clients()
+        core = getattr(core, "_api", core)  # stream() wants the client's own bound method
         resp = self.provider.stream(core.connect_get_namespaced_pod_exec, self.node_id, self.namespace,
                             command=["bash", "-c", script], stdin=stdin is not None,
                             stdout=True, stderr=True, tty=False, _preload_content=False,
@@ -377,8 +474,8 @@ class KubeExecCommandRunner(CommandRunnerInterface):
         try:
             code, out, status = self._exec(script, capture=with_output)
         except ApiException as err:  # pod not there or not started yet: the updater retries
-            raise ProcessRunnerError(f"exec failed: {err.reason}", "ssh_command_failed",
-                                     command=cmd) from None
+            raise ProcessRunnerError(f"exec failed on pod {self.node_id}: {_message(err)}",
+                                     "ssh_command_failed", command=cmd) from None
         self._check(code, status, cmd, exit_on_fail)
         if shutdown_after_run:  # `ray exec --stop`: stop the cluster (a head) or the pod
             self.provider.terminate_node(self.node_id)

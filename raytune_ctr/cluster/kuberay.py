@@ -86,7 +86,7 @@ def _known(loc: tuple) -> list[str]:
 
 def _container(name: str, image: str, cpu: str, memory: str, storage: str, gpus: int = 0,
                ports: list[dict] | None = None) -> dict:
-    limits = {"cpu": cpu, "memory": memory} | ({"nvidia.com/gpu": gpus} if gpus else {})
+    limits = {"cpu": cpu, "memory": memory} | ({"nvidia.com/gpu": str(gpus)} if gpus else {})  # a quantity: a string
     c = {
         "name": name,
         "image": image,

@@ -377,7 +377,7 @@ def _message(err) -> str:
     """An ApiException's own message (the Status's), without the HTTP headers."""
     for text in (getattr(err, "body", None), str(getattr(err, "reason", "")).split("-+-+-")[-1]):
         try:
-            return json.loads(text)["message"]
+            return json.loads(text or "")["message"]
         except (TypeError, ValueError, KeyError):
             continue
     return str(getattr(err, "reason", err)).split(" -+-+- ")[0]

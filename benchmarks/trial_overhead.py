@@ -152,10 +152,13 @@ def trace_phases(path: Path, t0: float) -> dict:
 
 def actors_by_class() -> dict:
     """Actors this Ray has seen, by class: how many, and how many are still alive."""
+    import ray
     from ray.util.state import list_actors
 
     out = collections.defaultdict(lambda: {"count": 0, "alive": 0})
-    for a in list_actors(limit=10_000, raise_on_missing_output=False):
+    # This sweep's Ray, by address: another on the machine would make "auto" ambiguous.
+    here = ray.get_runtime_context().gcs_address
+    for a in list_actors(address=here, limit=10_000, raise_on_missing_output=False):
         out[a.class_name]["count"] += 1
         out[a.class_name]["alive"] += a.state == "ALIVE"
     return dict(out)

@@ -216,7 +216,9 @@ def sentences(eff: pd.DataFrame) -> list[str]:
     """One plain sentence per knob, with the numbers: "`batch_size` 16→128: −3.1 points
     test acc (±0.4), −71% train time (±6%)"; and which objectives it cannot be told
     from noise for."""
-    out = []
+    out: list[str] = []
+    if eff.empty:  # no knob searched with two values or more
+        return out
     for knob, g in eff.groupby("knob", sort=False):
         parts, noise = [], []
         for _, r in g.iterrows():

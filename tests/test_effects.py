@@ -110,3 +110,10 @@ def test_the_timeline_packs_overlapping_trials_into_slots():
     assert wall == pytest.approx(6.0)
     assert eff == pytest.approx(3 * 1.5 / (6.0 * 2))
     assert set(seg["phase"]) == {"setup", "train", "eval"}
+
+
+def test_a_sweep_without_searched_knobs_has_no_effects_and_no_error():
+    df, _ = study(n_per=2)
+    spec = spec_lib.from_dict({"search": {"method": "grid"}})
+    assert effects.effects(df, spec).empty and effects.sentences(effects.effects(df, spec)) == []
+    assert effects.importances(df, spec).empty and effects.marginal(df, spec).empty

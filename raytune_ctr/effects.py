@@ -72,6 +72,53 @@ def marginal(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["knob", "level", "objective", "mean", "std", "n"])
 
 
+SHOWN = ("config", "epoch", "test_acc", "train_time_s", "s_to_target", "samples_per_s",
+         "peak_memory_mb", "mfu", "gpu_util", "cost_usd")  # on each trial, for plots' hover
+
+
+def optuna_study(last: pd.DataFrame, spec: Spec, names: list[str] | None = None):
+    """The finished trials (`finished`) as an in-memory Optuna study: the knobs as
+    params (a numeric one with more than 4 values as a float range), the objectives as
+    values (named), the `SHOWN` metrics as user attributes. For Optuna's importance
+    evaluators and plots."""
+    import warnings
+
+    import optuna
+
+    names = [k for k in knobs(spec) if k in last] if names is None else names
+    dists: dict[str, optuna.distributions.BaseDistribution] = {}
+    for k in names:
+        v = last[k]
+        if _numeric(v) and v.nunique() > 4:
+            lo, hi = float(v.min()), float(v.max())
+            dists[k] = optuna.distributions.FloatDistribution(lo, hi, log=lo > 0 and hi / lo > 20)
+        else:
+            dists[k] = optuna.distributions.CategoricalDistribution(
+                sorted(v.dropna().unique().tolist(), key=str))
+    objectives = list(spec.search.objectives)
+    study = optuna.create_study(directions=["maximize" if spec.search.objectives[o] == "max"
+                                            else "minimize" for o in objectives])
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objectives)  # the plots' axis and legend names
+    for _, r in last.iterrows():
+        values = [float(r[o]) for o in objectives]
+        if any(math.isnan(x) for x in values):
+            continue
+        params = {k: float(r[k]) if isinstance(d, optuna.distributions.FloatDistribution)
+                  else _item(r[k]) for k, d in dists.items()}
+        attrs = {c: _item(r[c], 4) for c in SHOWN if c in r and pd.notna(r[c])}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                  values=values, user_attrs=attrs))
+    return study
+
+
+def _item(v, digits: int | None = None):
+    """A plain Python value (Optuna stores JSON), floats rounded to `digits` if given."""
+    v = v.item() if hasattr(v, "item") else v
+    return round(v, digits) if digits is not None and isinstance(v, float) else v
+
+
 def importances(df: pd.DataFrame, spec: Spec, seed: int = 0) -> pd.DataFrame:
     """knob, objective, importance (shares that sum to 1 per objective), from Optuna's
     fANOVA over the finished trials. Empty when there are fewer than 3 of them or one
@@ -83,26 +130,8 @@ def importances(df: pd.DataFrame, spec: Spec, seed: int = 0) -> pd.DataFrame:
     cols = ["knob", "objective", "importance", "evaluator"]
     if len(last) < 3 or not names:
         return pd.DataFrame(columns=cols)
-    dists: dict[str, optuna.distributions.BaseDistribution] = {}
-    for k in names:
-        v = last[k]
-        if _numeric(v) and v.nunique() > 4:
-            lo, hi = float(v.min()), float(v.max())
-            dists[k] = optuna.distributions.FloatDistribution(lo, hi, log=lo > 0 and hi / lo > 20)
-        else:
-            dists[k] = optuna.distributions.CategoricalDistribution(
-                sorted(v.dropna().unique().tolist(), key=str))
     objectives = list(spec.search.objectives.items())
-    study = optuna.create_study(directions=["maximize" if m == "max" else "minimize"
-                                            for _, m in objectives])
-    for _, r in last.iterrows():
-        values = [float(r[o]) for o, _ in objectives]
-        if any(math.isnan(x) for x in values):
-            continue
-        params = {k: (float(r[k]) if isinstance(dists[k], optuna.distributions.FloatDistribution)
-                      else r[k].item() if hasattr(r[k], "item") else r[k]) for k in names}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
-                                                  values=values))
+    study = optuna_study(last, spec, names)
     rows = []
     for i, (obj, mode) in enumerate(objectives):
         # Each objective as "higher is better", so an evaluator that ranks by the low

@@ -11,8 +11,6 @@ per trial.
 from __future__ import annotations
 
 import html
-import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +21,6 @@ from raytune_ctr.spec import Spec
 
 PAGE = "report.html"
 PHASES = (("setup", "#9e9e9e"), ("train", "#2e7d32"), ("eval", "#1565c0"))
-
-
-def study(last: pd.DataFrame, spec: Spec):
-    """The finished trials as an in-memory Optuna study: the searched knobs as params,
-    the objectives as values, every metric as a user attribute (shown on hover)."""
-    import optuna
-
-    names = [k for k in effects.knobs(spec) if k in last]
-    dists: dict[str, optuna.distributions.BaseDistribution] = {}
-    for k in names:
-        v = last[k]
-        if effects._numeric(v) and v.nunique() > 4:
-            lo, hi = float(v.min()), float(v.max())
-            dists[k] = optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1e-9,
-                                                              log=lo > 0 and hi / lo > 20)
-        else:
-            dists[k] = optuna.distributions.CategoricalDistribution(
-                sorted(v.dropna().unique().tolist(), key=str))
-    objectives = list(spec.search.objectives.items())
-    s = optuna.create_study(directions=["maximize" if m == "max" else "minimize"
-                                        for _, m in objectives])
-    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        s.set_metric_names([o for o, _ in objectives])  # the plots' axis and legend names
-    shown = ["config", "epoch", "test_acc", "train_time_s", "s_to_target", "samples_per_s",
-             "peak_memory_mb", "mfu", "gpu_util", "cost_usd"]
-    for _, r in last.iterrows():
-        values = [float(r[o]) for o, _ in objectives]
-        if any(math.isnan(x) for x in values):
-            continue
-        params = {k: (float(r[k]) if isinstance(dists[k], optuna.distributions.FloatDistribution)
-                      else (r[k].item() if hasattr(r[k], "item") else r[k])) for k in names}
-        attrs = {c: _py(r[c]) for c in shown if c in r and pd.notna(r[c])}
-        s.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
-                                              values=values, user_attrs=attrs))
-    return s
-
-
-def _py(v):
-    v = v.item() if hasattr(v, "item") else v
-    return round(v, 4) if isinstance(v, float) else v
 
 
 def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
@@ -177,7 +134,7 @@ def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: 
     from plotly.offline import get_plotlyjs
 
     last = effects.finished(df)
-    s = study(last, spec)
+    s = effects.optuna_study(last, spec)
     objectives = list(spec.search.objectives)
     figures: list[tuple[str, str, Any, str]] = []  # (div id, heading, figure, note)
     if len(s.trials):

@@ -4,30 +4,17 @@ stopped it, it finished, or it was given up while its worker pool still started.
 The Ray state API is asked, as `ray list` would."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from _cluster import Head, settled  # benchmarks/, on pytest's pythonpath
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
-RAY = str(Path(sys.executable).with_name("ray"))
-# Ray's own, one per cluster and kept on purpose: Train's autoscaling coordinator.
-RAYS_OWN = {"_AutoscalingCoordinatorActor"}
-# Process titles of what a sweep starts; none may outlive it.
-OURS = ("ray::ImplicitFunc", "ray::Coordinator", "ray::TrainController", "ray::RayTrainWorker",
-        "ray::PlacementGroupCleaner", "ray::SynchronizationActor", "ray::DatasetManager")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -35,43 +22,11 @@ def cluster(request):
     """A real head node (2 CPUs, or as the test's `cpus` marker says), started apart
     from any sweep; yields (address, state API)."""
     marker = request.node.get_closest_marker("cpus")
-    port, dash = free_port(), free_port()
-    subprocess.run([RAY, "start", "--head", f"--port={port}",
-                    f"--num-cpus={marker.args[0] if marker else 2}",
-                    "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=120, env=os.environ.copy())
+    head = Head(marker.args[0] if marker else 2)
     try:
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+        yield head.address, head.api
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
-
-
-def leftovers(api: str) -> dict:
-    from ray.util.state import list_actors, list_placement_groups
-
-    groups = [g.placement_group_id for g in list_placement_groups(address=api, limit=10_000)
-              if g.state != "REMOVED"]
-    actors = [a.class_name for a in list_actors(address=api, limit=10_000)
-              if a.state == "ALIVE" and a.class_name not in RAYS_OWN]
-    procs = []
-    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            title = cmd.read_text().replace("\0", " ")
-        except OSError:
-            continue
-        if title.startswith(OURS):
-            procs.append(title.split()[0])
-    return {"placement groups": groups, "actors": actors, "processes": procs}
-
-
-def settled(api: str, timeout: float = 30.0) -> dict:
-    """What is left once teardown has had time to finish (Ray ends processes async)."""
-    end = time.monotonic() + timeout
-    while True:
-        left = leftovers(api)
-        if not any(left.values()) or time.monotonic() > end:
-            return left
-        time.sleep(1.0)
+        head.stop()
 
 
 def test_a_sweep_with_stopped_trials_leaves_nothing(cluster, write_spec, tmp_path):

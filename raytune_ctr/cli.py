@@ -29,7 +29,7 @@ def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help=f"study YAML (default: {DEFAULT_CONFIG})")
     p.add_argument("--smoke", action="store_true", help="two configs, 1 epoch, 512 samples")
     p.add_argument("--address", default=None,
-                   help="join this Ray cluster (e.g. auto, ray://host:10001); default: start one here")
+                   help="join this Ray cluster (auto, or host:port on the head); default: start one here")
     p.add_argument("--storage-path", default=os.environ.get("RAYTUNE_CTR_STORAGE", LOCAL_RESULTS),
                    help="parent of results folders: a path or a URI such as gs://bucket/prefix, "
                    f"then with a local copy in {LOCAL_RESULTS}/ (default: $RAYTUNE_CTR_STORAGE "
@@ -109,8 +109,14 @@ def sweep(args: argparse.Namespace) -> int:
         return _fail(str(err), 1)
     except KeyboardInterrupt as err:  # a second signal, or one before Tune ran
         signum = err.signum if isinstance(err, Aborted) else signal.SIGINT
-        hint = f"go on with: {_resume_cmd(where)}" if where and _resumable(where) else \
-            "no trial had started, so there is nothing to resume; run it again"
+        if where and _resumable(where):
+            hint = f"go on with: {_resume_cmd(where)}"
+        elif where and where.remove_if_unstarted():
+            hint = f"no trial had started, so there is nothing to resume; {where.local} is " \
+                "removed: run it again"
+        else:
+            hint = "no trial had started, so there is nothing to resume; run it again" + (
+                f" (delete {where.local} first, or choose another --name)" if where else "")
         return _fail(f"stopped by {signal.Signals(signum).name} before the sweep finished; "
                      + hint, 128 + signum)
     df = outcome.trials

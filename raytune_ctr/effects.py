@@ -185,8 +185,13 @@ def effects(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
         # of a categorical knob)
         design = [np.ones(len(data))]
         spans: dict[str, tuple[int, float, str, str, tuple[int, int] | None]] = {}
-        for k in names:
+        cols: dict[str, list[int]] = {}  # each knob's columns in the design
+        # Only the knobs that vary among this objective's trials (a metric some trials
+        # could not report leaves fewer).
+        here = [k for k in names if data[k].nunique() > 1]
+        for k in here:
             v = data[k]
+            start = len(design)
             if _numeric(v):
                 x, _ = _term(v)
                 spans[k] = (len(design), float(x.max() - x.min()), str(_plain(v.min())),
@@ -199,15 +204,26 @@ def effects(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
                 counts = v.map(str).value_counts()
                 spans[k] = (first + len(cats) - 2, 1.0, cats[0], cats[-1],
                             (int(counts[cats[0]]), int(counts[cats[-1]])))
+            cols[k] = list(range(start, len(design)))
+        # An ASHA-stopped trial ran fewer epochs: hold the epochs reached fixed as well,
+        # so the knobs are not credited with the time and accuracy of stopping early.
+        if data["epoch"].nunique() > 1:
+            design.append(np.log(data["epoch"].to_numpy(float)))
         x = np.column_stack(design)
+        rank = np.linalg.matrix_rank(x)
+        # A knob whose columns the others already span (points that move it with
+        # another knob) has no effect of its own to estimate.
+        tied = {k for k in here
+                if np.linalg.matrix_rank(np.delete(x, cols[k], axis=1)) == rank}
         coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        dof = len(y) - np.linalg.matrix_rank(x)
+        dof = len(y) - rank
         cov = (float(((y - x @ coef) ** 2).sum()) / dof) * np.linalg.pinv(x.T @ x) \
             if dof >= MIN_DOF else None
-        for k in names:
+        for k in here:
             j, span, a, b, ends = spans[k]
             change = float(coef[j]) * span
-            se = math.sqrt(max(cov[j, j], 0.0)) * abs(span) if cov is not None else float("nan")
+            se = math.sqrt(max(cov[j, j], 0.0)) * abs(span) \
+                if cov is not None and k not in tied else float("nan")
             if not points:  # on the logarithm: back to per cent of the lowest value's
                 change, se = (math.exp(change) - 1) * 100, math.exp(change) * se * 100
             few_at_ends = ends is not None and min(ends) < 2
@@ -216,7 +232,7 @@ def effects(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
             rows.append({
                 "knob": k, "objective": obj, "from": a, "to": b, "change": change,
                 "change_se": se, "unit": "points" if points else "%",
-                "told_from_noise": told, "few_at_ends": few_at_ends,
+                "told_from_noise": told, "few_at_ends": few_at_ends, "tied": k in tied,
                 "trials": len(y), "terms": x.shape[1],
                 "importance": float(hit["importance"].iloc[0]) if len(hit) else np.nan,
                 "evaluator": EVALUATOR if len(hit) else ""})
@@ -253,7 +269,9 @@ def sentences(eff: pd.DataFrame) -> list[str]:
         for _, r in g.iterrows():
             name = _label(r["objective"])
             if not r["told_from_noise"]:
-                if r["few_at_ends"]:
+                if r["tied"]:
+                    why = "it moves together with another knob in these trials"
+                elif r["few_at_ends"]:
                     why = "one trial at an end"
                 elif math.isnan(r["change_se"]):
                     why = f"{r['trials']} trials are too few to fit {r['terms']} terms"

@@ -24,45 +24,47 @@ PHASES = (("setup", "#9e9e9e"), ("train", "#2e7d32"), ("eval", "#1565c0"))
 
 
 def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
-    """Each trial's phases in wall-clock time, packed into slots (a trial takes the
-    first slot free when it starts): (segments, slots, wall seconds, efficiency:
-    training + evaluation seconds over wall seconds × slots)."""
-    rows = df[df["epoch"].notna() & df.get("ended_at", pd.Series(dtype=float)).notna()] \
-        if "ended_at" in df else df.iloc[0:0]
+    """Each trial's phases in wall-clock time, packed into slots (a run takes the first
+    slot free when it starts): (segments, slots, wall seconds, efficiency: training +
+    evaluation seconds over wall seconds × slots). A trial restarted (a retry, a
+    resumed sweep) is a run per start, each with its own set-up."""
+    cols = ["trial_index", "run", "phase", "start", "end"]
+    if "ended_at" not in df:
+        return pd.DataFrame(columns=[*cols, "slot"]), 0, 0.0, float("nan")
+    rows = df[df["epoch"].notna() & df["ended_at"].notna()]
+    by = ["trial_index", "resumed_from_epoch"] if "resumed_from_epoch" in rows else ["trial_index"]
     segs = []
-    for i, t in rows.sort_values("epoch").groupby("trial_index"):
-        first = True
-        for _, r in t.iterrows():
+    for n, (key, t) in enumerate(rows.sort_values("epoch").groupby(by)):
+        i = key[0] if isinstance(key, tuple) else key
+        for k, (_, r) in enumerate(t.iterrows()):
             end = float(r["ended_at"])
-            ev = float(r.get("eval_time_s") or 0.0)
-            tr = float(r.get("epoch_time_s") or 0.0)
-            if first:
+            ev, tr = float(r.get("eval_time_s") or 0.0), float(r.get("epoch_time_s") or 0.0)
+            if k == 0:
                 start = end - ev - tr
-                setup = float(r.get("setup_time_s") or 0.0)
-                segs.append((i, "setup", start - setup, start))
-                first = False
-            segs.append((i, "train", end - ev - tr, end - ev))
-            segs.append((i, "eval", end - ev, end))
-    seg = pd.DataFrame(segs, columns=["trial_index", "phase", "start", "end"])
+                segs.append((i, n, "setup", start - float(r.get("setup_time_s") or 0.0), start))
+            segs.append((i, n, "train", end - ev - tr, end - ev))
+            segs.append((i, n, "eval", end - ev, end))
+    seg = pd.DataFrame(segs, columns=cols)
     if seg.empty:
         return seg.assign(slot=[]), 0, 0.0, float("nan")
     t0 = seg["start"].min()
     seg["start"] -= t0
     seg["end"] -= t0
-    span = seg.groupby("trial_index").agg(start=("start", "min"), end=("end", "max"))
+    span = seg.groupby("run").agg(start=("start", "min"), end=("end", "max"))
     free: list[float] = []  # each slot's end
     slot = {}
-    for i, r in span.sort_values("start").iterrows():
+    for run, r in span.sort_values("start").iterrows():
         j = next((k for k, e in enumerate(free) if e <= r["start"] + 1e-6), None)
         if j is None:
             free.append(r["end"])
             j = len(free) - 1
         else:
             free[j] = r["end"]
-        slot[i] = j
-    seg["slot"] = seg["trial_index"].map(slot)
+        slot[run] = j
+    seg["slot"] = seg["run"].map(slot)
     wall = float(seg["end"].max())
-    busy = float((seg[seg["phase"] != "setup"]["end"] - seg[seg["phase"] != "setup"]["start"]).sum())
+    work = seg[seg["phase"] != "setup"]
+    busy = float((work["end"] - work["start"]).sum())
     return seg, len(free), wall, busy / (wall * len(free)) if wall > 0 else float("nan")
 
 
@@ -73,15 +75,16 @@ def _timeline_figure(df: pd.DataFrame):
     fig = go.Figure()
     if seg.empty:
         return fig, "No epoch carried a time stamp (results from before `ended_at`)."
-    span = seg.groupby("trial_index").agg(start=("start", "min"), end=("end", "max"),
-                                          slot=("slot", "first"))
+    span = seg.groupby("run").agg(start=("start", "min"), end=("end", "max"),
+                                  slot=("slot", "first"), trial=("trial_index", "first"))
     config = df.groupby("trial_index")["config"].first()
-    # The whole of each trial, behind its phases: what is not a phase is idle there.
+    # The whole of each trial's run, behind its phases: what is not a phase is idle there.
     fig.add_bar(name="trial", y=[f"slot {s}" for s in span["slot"]],
                 x=span["end"] - span["start"], base=span["start"], orientation="h",
                 marker={"color": "rgba(0,0,0,0.06)", "line": {"color": "#555", "width": 1}},
-                hovertext=[f"trial {i}: {config.get(i, '')}<br>{r.start:.2f}–{r.end:.2f} s"
-                           for i, r in span.iterrows()], hoverinfo="text", width=0.8)
+                hovertext=[f"trial {r.trial}: {config.get(r.trial, '')}<br>"
+                           f"{r.start:.2f}–{r.end:.2f} s" for r in span.itertuples()],
+                hoverinfo="text", width=0.8)
     for phase, color in PHASES:
         p = seg[seg["phase"] == phase]
         fig.add_bar(name=phase, y=[f"slot {s}" for s in p["slot"]], x=p["end"] - p["start"],

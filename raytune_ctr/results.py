@@ -148,6 +148,8 @@ class Results:
             folder_name(name)
         except ValueError as err:
             raise SpecError(flag, str(err), name) from None
+        if not storage.is_uri(storage_path):  # Tune pickles it: the same from any cwd
+            storage_path = str(Path(storage_path).expanduser().resolve())
         return cls(storage_path, name)
 
     def create(self, spec: Spec) -> None:
@@ -164,6 +166,19 @@ class Results:
         if signum:
             info["signal"] = signal.Signals(signum).name
         (self.local / UNFINISHED).write_text(json.dumps(info) + "\n")
+
+    def remove_if_unstarted(self) -> bool:
+        """Remove a folder of a sweep stopped before Tune saved anything, if it holds
+        only what this package made before the trials (so a rerun may take its name);
+        True when it is gone."""
+        import shutil
+
+        ours = {SPEC, UNFINISHED, OPTUNA_DB, ".validate_storage_marker", "pools"}
+        if self.remote or not self.local.is_dir() or \
+                any(p.name not in ours for p in self.local.iterdir()):
+            return False
+        shutil.rmtree(self.local)
+        return True
 
     def unfinished(self) -> dict | None:
         """The mark of a sweep that has not written its final tables, or None."""
@@ -196,6 +211,8 @@ class Results:
         if spec.search.method != "optuna":
             record_optuna_study(df, spec, self)
         (self.local / UNFINISHED).unlink(missing_ok=True)
+        if self.remote:  # upload copies files and deletes none: the mark goes there too
+            storage.delete(storage.join(self.remote, UNFINISHED))
 
 
 def load(folder: Path) -> tuple[Spec, pd.DataFrame]:

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import itertools
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -53,9 +54,11 @@ NonNegativeFloat = Annotated[StrictFloat, Field(ge=0)]
 
 
 def folder_name(name: str) -> str:
-    """A sweep's name is its results folder's name: one plain path part."""
-    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
-        raise ValueError("must be a plain folder name (not empty, no '/', not '.' or '..')")
+    """A sweep's name is its results folder's name: one plain path part, safe in a
+    URI and in the Optuna database's URL too (no '?', '#', '%')."""
+    if name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._+=,-]+", name):
+        raise ValueError("must be a plain folder name (letters, digits and . _ - + = , "
+                         "only; not '.' or '..')")
     return name
 
 
@@ -358,8 +361,13 @@ def read_yaml(path: str | Path, key: str = "--config") -> Any:
         raise SpecError(str(path), "is nested too deeply to be a spec") from None
 
 
-def _no_key_twice(node: yaml.Node, at: str) -> None:
-    """PyYAML lets the second of two equal keys win silently; a spec must not."""
+def _no_key_twice(node: yaml.Node, at: str, seen_nodes: set[int] | None = None) -> None:
+    """PyYAML lets the second of two equal keys win silently; a spec must not. Each
+    node once: aliases share nodes, and nested ones would multiply the walk."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, yaml.Node] = {}
         for k, v in node.value:
@@ -372,10 +380,10 @@ def _no_key_twice(node: yaml.Node, at: str) -> None:
                                 "the second would silently win")
             if key is not None:
                 seen[key] = k
-            _no_key_twice(v, path)
+            _no_key_twice(v, path, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _no_key_twice(v, f"{at}[{i}]")
+            _no_key_twice(v, f"{at}[{i}]", seen_nodes)
 
 
 def load(path: str | Path, overrides: dict[str, dict] | None = None,

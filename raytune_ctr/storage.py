@@ -38,6 +38,13 @@ def can_write(uri: str) -> None:
     filesystem.delete_file(probe)
 
 
+def delete(uri: str) -> None:
+    """Delete the file at `uri`, if there is one."""
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+        filesystem.delete_file(path)
+
+
 def upload(local_dir: Path, uri: str) -> None:
     """Copy every file under local_dir to the folder `uri` (created as needed)."""
     filesystem, path = fs.FileSystem.from_uri(uri)

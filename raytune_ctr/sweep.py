@@ -86,7 +86,10 @@ def _storage_errors(where: Results):
     except Exception as err:
         if (cause := tuner.write_error(where)) is not None:  # under Tune's TuneError
             raise cause from None
-        if isinstance(err, OSError):
+        from ray.exceptions import RayError
+
+        # Ray's own errors (a get timeout is an OSError) are not the results' disk.
+        if isinstance(err, OSError) and not isinstance(err, RayError):
             raise StorageError(f"{where.local}: cannot write ({err.strerror or one_line(err)}); "
                                "the sweep stops. The trials finished before are in its "
                                "trials.parquet, and --resume goes on") from None
@@ -141,6 +144,12 @@ def connect(address: str | None, verbose: bool = False) -> bool:
 
     if ray.is_initialized():
         return False
+    if address is not None and address.startswith("ray://"):
+        # With Ray client, Tune's loop and its callbacks run on the head, where this
+        # folder and these signal handlers are not.
+        raise SpecError("--address", "Ray client (ray://) is not supported; run the sweep "
+                        "on the cluster (ray submit, ray job submit) with --address auto",
+                        address)
     if address is not None:
         _probe(address)
     runtime_env = None

@@ -108,11 +108,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
     from raytune_ctr import trace
 
     trace.mark("sweep_start")
-    # With num_to_keep=1 every epoch's checkpoint makes Tune snapshot its experiment
-    # state, and warn each time (3 lines a trial; its cost: docs/benchmarks.md).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not verbose:  # Tune's older reporter prints nothing at verbose 0; the live view does
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _quiet(verbose)
     live = _live_trials(spec, concurrency)
     param_space, search_alg, num_samples = _search(spec, where, live)
     coordinator = _start_coordinator(spec, where)
@@ -140,6 +136,14 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
     return grid
 
 
+def _quiet(verbose: bool) -> None:
+    # With num_to_keep=1 every epoch's checkpoint makes Tune snapshot its experiment
+    # state, and warn each time (3 lines a trial; noted in docs/benchmarks.md).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not verbose:  # Tune's older reporter prints nothing at verbose 0; the live view does
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
 def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None = None):
     """Continue an interrupted sweep where Tune's last experiment checkpoint left it.
 
@@ -150,6 +154,7 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
     """
     from ray import tune
 
+    _quiet(verbose=False)
     coordinator = _start_coordinator(spec, where)
     flops = train.count_flops(spec)
     try:
@@ -344,6 +349,8 @@ def _stop_coordinator(coordinator, own_cluster: bool) -> None:
 
     try:
         ray.get(coordinator.shutdown.remote(wait_starting=not own_cluster), timeout=180)
+    except ray.exceptions.GetTimeoutError:  # an OSError, but not the results' disk
+        log.warning("the coordinator did not stop its pools in 180 s; killing it")
     finally:
         ray.kill(coordinator)
 
@@ -430,7 +437,7 @@ class _Tables(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._reported[trial.trial_id].append(dict(result))
 
-    # Tune calls these before it sets the trial's status.
+    # Tune calls on_trial_complete before it sets the trial's status.
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, trials, "TERMINATED")
 
@@ -462,13 +469,17 @@ class _Tables(Callback):
         try:
             self.where.write_tables(df, self.spec, final=False)
         except OSError as err:
-            # Tune wraps what a callback raises in a TuneError of its traceback: the
-            # sweep finds the one line here (`write_error`).
+            # Raised from on_step_end: Tune takes what on_trial_complete raises for the
+            # trial's own failure (and would restart a finished trial). The sweep finds
+            # the one line here, under the TuneError Tune wraps it in.
             self.write_error = StorageError(
                 f"{self.where.local}: cannot write the trials table ({err.strerror or one_line(err)}); "
                 "the sweep stops. The trials finished before are in its trials.parquet, "
                 "and --resume goes on")
-            raise self.write_error from None
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.write_error is not None:  # outside any try of Tune's: the sweep stops
+            raise self.write_error
 
 
 class _Live(Callback):

@@ -117,3 +117,46 @@ def test_a_sweep_without_searched_knobs_has_no_effects_and_no_error():
     spec = spec_lib.from_dict({"search": {"method": "grid"}})
     assert effects.effects(df, spec).empty and effects.sentences(effects.effects(df, spec)) == []
     assert effects.importances(df, spec).empty and effects.marginal(df, spec).empty
+
+
+def test_knobs_that_move_together_get_no_number():
+    """points that scale lr with batch size: the fit cannot tell them apart."""
+    df, spec = study()
+    df["lr"] = df["batch_size"] / 160  # lr ∝ batch, as a linear-scaling rule would set it
+    eff = effects.effects(df, spec).set_index(["knob", "objective"])
+    for knob in ("batch_size", "lr"):
+        assert eff.loc[(knob, "test_acc")]["tied"] and not eff.loc[(knob, "test_acc")]["told_from_noise"]
+    assert not eff.loc[("num_workers", "test_acc")]["tied"]
+    assert "moves together with another knob" in " ".join(effects.sentences(effects.effects(df, spec)))
+
+
+def test_a_metric_some_trials_lack_fits_only_the_knobs_that_vary_among_the_rest():
+    df, spec = study()
+    df.loc[df["num_workers"] == 2, "train_time_s"] = float("nan")  # as mfu is on CPU trials
+    eff = effects.effects(df, spec)
+    t = eff[eff["objective"] == "train_time_s"].set_index("knob")
+    assert "num_workers" not in t.index  # one value left among those that have it
+    assert t.loc["batch_size", "change"] == pytest.approx(-87.5, abs=3)
+
+
+def test_stopped_trials_epochs_are_held_fixed():
+    """ASHA stops trials early; their shorter training is not a knob's effect."""
+    df, spec = study()
+    stopped = (df["trial_index"] % 3 == 0) & (df["batch_size"] == 128)
+    df = df[~(stopped & (df["epoch"] == 2))].copy()
+    df.loc[stopped, "status"] = "STOPPED"
+    eff = effects.effects(df, spec).set_index(["knob", "objective"])
+    assert eff.loc[("batch_size", "train_time_s")]["change"] == pytest.approx(-87.5, abs=3)
+
+
+def test_a_restarted_trial_is_a_run_per_start_on_the_timeline():
+    from raytune_ctr import page
+
+    rows = [{"trial_index": 0, "epoch": e, "ended_at": 1000.0 + t, "epoch_time_s": 0.5,
+             "eval_time_s": 0.25, "setup_time_s": 1.0, "resumed_from_epoch": r,
+             "status": "COMPLETED"}
+            for e, t, r in [(1, 1.75, 0), (2, 2.5, 0), (3, 103.25, 2), (4, 104.0, 2)]]
+    seg, slots, wall, eff = page.timeline(pd.DataFrame(rows))
+    assert slots == 1 and seg["run"].nunique() == 2  # two runs, the gap between them idle
+    assert (seg["phase"] == "setup").sum() == 2
+    assert eff == pytest.approx(4 * 0.75 / wall)

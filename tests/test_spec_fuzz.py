@@ -172,7 +172,8 @@ def test_empty_or_whitespace_files_are_refused(tmp_path_factory, blank, comment)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.one_of(st.sampled_from(["", " ", ".", "..", "/", "a/b", "../x", "a\\b"]),
+@given(st.one_of(st.sampled_from(["", " ", ".", "..", "/", "a/b", "../x", "a\\b", "a?b", "a#b",
+                                  "a%41b", "a b"]),
                  st.text(max_size=6).map(lambda t: t + "/" + t)))
 def test_names_that_are_not_a_folder_name_are_refused(name):
     try:
@@ -181,3 +182,16 @@ def test_names_that_are_not_a_folder_name_are_refused(name):
         assert _one_line(err).startswith("name: must be a plain folder name"), str(err)
     else:
         raise AssertionError(f"name {name!r} was accepted")
+
+
+def test_nested_yaml_aliases_are_walked_once(tmp_path):
+    """A "billion laughs" file: each level names the one before it ten times. The
+    duplicate-key check visits each node once, so this ends (before: minutes)."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        spec_lib.load(path)
+    except SpecError as err:
+        assert "a0" in str(err) and "\n" not in str(err)  # not a spec key

@@ -422,6 +422,7 @@ class _Tables(Callback):
         self._rows: dict[str, object] = {}  # trial id -> its table rows, once it ended
         self.ended: set[str] | None = None  # trials that ended of themselves
         self.write_error: StorageError | None = None
+        self._uploaded = 0.0
         _Tables.live[where.name] = self
 
     def __getstate__(self):  # saved with the run config: the spec and the folder only
@@ -468,6 +469,15 @@ class _Tables(Callback):
         df = results.one_type_per_column(pd.concat(list(self._rows.values()), ignore_index=True))
         try:
             self.where.write_tables(df, self.spec, final=False)
+            # At a URI the head's disk may go with its pod: the tables go there too,
+            # at most once a minute (the folder is copied whole).
+            if self.where.remote and time.monotonic() - self._uploaded > 60:
+                self._uploaded = time.monotonic()
+                try:
+                    self.where.upload()
+                except (OSError, ValueError) as err:
+                    log.warning("could not copy the tables to %s yet (%s)", self.where.remote,
+                                one_line(err))
         except OSError as err:
             # Raised from on_step_end: Tune takes what on_trial_complete raises for the
             # trial's own failure (and would restart a finished trial). The sweep finds

@@ -245,7 +245,7 @@ def effects(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
 
 
 def _plain(v):
-    v = v.item() if hasattr(v, "item") else v
+    v = _item(v)
     return f"{v:.3g}" if isinstance(v, float) else v
 
 

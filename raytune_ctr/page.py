@@ -68,10 +68,10 @@ def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
     return seg, len(free), wall, busy / (wall * len(free)) if wall > 0 else float("nan")
 
 
-def _timeline_figure(df: pd.DataFrame):
+def _timeline_figure(df: pd.DataFrame, tl):
     import plotly.graph_objects as go
 
-    seg, slots, wall, eff = timeline(df)
+    seg, slots, wall, eff = tl
     fig = go.Figure()
     if seg.empty:
         return fig, "No epoch carried a time stamp (results from before `ended_at`)."
@@ -130,8 +130,8 @@ def _hardware_figure(last: pd.DataFrame):
 
 
 def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: list[str],
-          target_line: str) -> Path:
-    """Write report.html into the results folder; return its path."""
+          target_line: str, tl: tuple) -> Path:
+    """Write report.html into the results folder; return its path. `tl`: `timeline(df)`."""
     import optuna
     import plotly.express as px
     from plotly.offline import get_plotlyjs
@@ -164,8 +164,8 @@ def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: 
                                    color="samples_per_s" if "samples_per_s" in last else None),
                         "Each trial's last epoch."))
         figures.append(("hardware", "Hardware per trial", _hardware_figure(last), ""))
-    tl, note = _timeline_figure(df)
-    figures.append(("timeline", "Sweep timeline", tl, note))
+    fig, note = _timeline_figure(df, tl)
+    figures.append(("timeline", "Sweep timeline", fig, note))
 
     parts = [f"<h1>{html.escape(spec.name)}</h1>",
              f"<p>{html.escape(spec.description.strip())}</p>" if spec.description else "",

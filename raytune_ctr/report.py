@@ -250,7 +250,8 @@ def target_section(df: pd.DataFrame, spec: Spec, ttt: pd.DataFrame, target: floa
     return out
 
 
-def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
+def plot(df: pd.DataFrame, spec: Spec, run_dir: Path, tl: tuple) -> None:
+    """The PNGs; `tl` is `page.timeline(df)`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,7 +303,7 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     fig.savefig(run_dir / "epoch_time.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    seg, slots, wall, _ = page.timeline(df)
+    seg, slots, wall, _ = tl
     fig, ax = plt.subplots(figsize=(9, 1 + 0.5 * max(1, slots)))
     colors = dict(page.PHASES)
     for (phase, slot), g in seg.groupby(["phase", "slot"]) if not seg.empty else []:
@@ -384,7 +385,8 @@ def build(run_dir: Path) -> Path:
     md.append(f"Speedup is s/epoch against **{base}**.\n\n" if base else "")
     md.append(_md(times))
     md.append("## Sweep timeline\n")
-    seg, slots, wall, efficiency = page.timeline(df)
+    tl = page.timeline(df)  # once, for report.md, timeline.png and report.html
+    seg, slots, wall, efficiency = tl
     md.append(f"{slots} slot{'s' if slots > 1 else ''} over {wall:.1f} s from the first "
               f"trial's start; training and evaluation fill {100 * efficiency:.0f}% of "
               f"{'them' if slots > 1 else 'it'} (the rest is set-up, start-up, reporting and "
@@ -406,12 +408,12 @@ def build(run_dir: Path) -> Path:
     md.append(_md(env))
     md.append("## Plots\n")
     md.append("\n".join(f"![{p}]({p})" for p in PLOTS) + "\n")
-    plot(df, spec, run_dir)
+    plot(df, spec, run_dir, tl)
     eff.to_csv(run_dir / KNOBS, index=False)
     out = run_dir / "report.md"
     out.write_text("\n".join(md))
     page.write(run_dir, df, spec, fastest_reaching(df, target), effects.sentences(eff),
-               target_summary(ttt, target))
+               target_summary(ttt, target), tl)
     return out
 
 

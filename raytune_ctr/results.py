@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from pyarrow import fs
 
 from raytune_ctr import storage
-from raytune_ctr.errors import SpecError, one_line
+from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.metrics import FACTS, METRICS
 
 if TYPE_CHECKING:
@@ -167,6 +167,12 @@ class Results:
             info["signal"] = signal.Signals(signum).name
         (self.local / UNFINISHED).write_text(json.dumps(info) + "\n")
 
+    def cannot_write(self, err: OSError, what: str = "the trials table") -> StorageError:
+        """A write that failed mid-sweep, as one line: what is kept and how to go on."""
+        return StorageError(f"{self.local}: cannot write {what} "
+                            f"({err.strerror or one_line(err)}); the sweep stops. The trials "
+                            "finished before are in its trials.parquet, and --resume goes on")
+
     def remove_if_unstarted(self) -> bool:
         """Remove a folder of a sweep stopped before Tune saved anything, if it holds
         only what this package made before the trials (so a rerun may take its name);
@@ -179,13 +185,6 @@ class Results:
             return False
         shutil.rmtree(self.local)
         return True
-
-    def unfinished(self) -> dict | None:
-        """The mark of a sweep that has not written its final tables, or None."""
-        try:
-            return json.loads((self.local / UNFINISHED).read_text())
-        except (OSError, ValueError):
-            return None
 
     def upload(self) -> None:
         if self.remote:

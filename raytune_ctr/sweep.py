@@ -90,9 +90,7 @@ def _storage_errors(where: Results):
 
         # Ray's own errors (a get timeout is an OSError) are not the results' disk.
         if isinstance(err, OSError) and not isinstance(err, RayError):
-            raise StorageError(f"{where.local}: cannot write ({err.strerror or one_line(err)}); "
-                               "the sweep stops. The trials finished before are in its "
-                               "trials.parquet, and --resume goes on") from None
+            raise where.cannot_write(err, "to it") from None
         raise
 
 
@@ -101,9 +99,7 @@ def _finish(grid, spec: Spec, where: Results, interrupted: int | None = None) ->
     try:
         where.write_tables(df, spec, interrupted=interrupted)
     except OSError as err:
-        raise StorageError(f"{where.local}: cannot write the trials table "
-                           f"({err.strerror or one_line(err)}); the trials finished before "
-                           "are in its trials.parquet, and --resume goes on") from None
+        raise where.cannot_write(err) from None
     try:
         path = report.build(where.local)
     except OSError as err:

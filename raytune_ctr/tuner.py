@@ -363,8 +363,7 @@ def _coordination(spec: Spec, coordinator_name: str):
     import ray
     from ray import tune
 
-    total = len(spec.grid_points()) * spec.search.num_samples \
-        if spec.search.method == "grid" else spec.search.num_samples
+    total = _total(spec)
 
     class Coordination(tune.Callback):
         def __init__(self):
@@ -482,10 +481,7 @@ class _Tables(Callback):
             # Raised from on_step_end: Tune takes what on_trial_complete raises for the
             # trial's own failure (and would restart a finished trial). The sweep finds
             # the one line here, under the TuneError Tune wraps it in.
-            self.write_error = StorageError(
-                f"{self.where.local}: cannot write the trials table ({err.strerror or one_line(err)}); "
-                "the sweep stops. The trials finished before are in its trials.parquet, "
-                "and --resume goes on")
+            self.write_error = self.where.cannot_write(err)
 
     def on_step_end(self, iteration, trials, **info):
         if self.write_error is not None:  # outside any try of Tune's: the sweep stops

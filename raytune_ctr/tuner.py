@@ -229,10 +229,11 @@ def _search(spec: Spec, where: Results, concurrency: int):
         return space, gen, s.num_samples
     import optuna
 
+    from raytune_ctr import samplers
+
     names: list[str] = list(s.objectives)
     modes: list[str] = list(s.objectives.values())
-    sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if len(names) > 1
-               else optuna.samplers.TPESampler(seed=s.seed))
+    sampler = samplers.for_objectives(len(names), s.seed)
     searcher = ResumableOptunaSearch(
         metric=names if len(names) > 1 else names[0],
         mode=modes if len(modes) > 1 else modes[0],

@@ -461,6 +461,7 @@ def _check(spec: Spec) -> None:
         if metric not in METRICS:
             raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
     _check_prices(spec.cost)
+    _check_baseline(spec)
     trials = all_trials(spec)
     for metric in s.objectives:
         why = unmeasured(metric, trials, spec.cost)
@@ -491,6 +492,39 @@ def _check(spec: Spec) -> None:
         if train.batch_size < res.num_workers:
             raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "
                             "because it is split across workers", train.batch_size)
+
+
+def _check_baseline(spec: Spec) -> None:
+    """report.baseline names a configuration the sweep can run: each value valid for
+    its field, and, for a grid (or a search's fixed keys), one the sweep has."""
+    base = spec.report.baseline
+    for name, v in base.items():
+        _check_name(f"report.baseline.{name}", name)
+        _check_value(f"report.baseline.{name}", name, v, spec)
+    if not base:
+        return
+    s = spec.search
+    if s.method == "grid":
+        if not any(_matches(spec, point, base) for point in spec.grid_points()):
+            raise SpecError("report.baseline", "matches no configuration of the grid", dict(base))
+        return
+    for name, v in base.items():
+        dim = s.space.get(name)
+        if dim is None:
+            if not _matches(spec, {}, {name: v}):
+                raise SpecError(f"report.baseline.{name}", "is not searched, and differs from "
+                                "the fixed value", v)
+        elif dim.kind == "choice" and v not in dim.args and not any(
+                p.get(name) == v for p in s.points):
+            raise SpecError(f"report.baseline.{name}", f"is not one of the choices {list(dim.args)}", v)
+        elif dim.kind != "choice" and not dim.args[0] <= v <= dim.args[1]:
+            raise SpecError(f"report.baseline.{name}", f"is outside the range {list(dim.args)}", v)
+
+
+def _matches(spec: Spec, point: dict, want: dict) -> bool:
+    train, res = spec.resolve(point)
+    return all(getattr(train if SEARCHABLE[k] is TrainSpec else res, k) == v
+               for k, v in want.items())
 
 
 def _check_prices(c: CostSpec) -> None:

@@ -34,6 +34,7 @@ def fake_results(tmp_path, spec_map):
 
 
 S1 = {"name": "s1", "search": {"objectives": {"test_acc": "max", "train_time_s": "min"},
+                               "grid": {"batch_size": [64, 128], "lr": [1.0, 1.5]},
                                "points": [{"batch_size": 32, "lr": 1.0}]},
       "report": {"target_acc": 98.0, "baseline": {"batch_size": 64}}}
 

@@ -160,3 +160,36 @@ def test_a_trial_pays_its_share_of_a_node(kw, share):
     spot = dataclasses.replace(cost, market="spot")
     assert hour_usd(r, spot) == pytest.approx((8.0 if r.use_gpu else 0.2) * share)
     assert hour_usd(r, CostSpec()) is None
+
+
+@pytest.mark.parametrize("search,baseline,fragments", [
+    ({}, {"lr": float("nan")}, ["report.baseline.lr", "finite"]),
+    ({}, {"lrr": 0.1}, ["report.baseline.lrr", "did you mean 'lr'"]),
+    ({"method": "grid", "grid": {"batch_size": [32, 64]}}, {"batch_size": 128},
+     ["report.baseline", "matches no configuration of the grid"]),
+    ({"method": "grid", "grid": {"batch_size": [32, 64]}}, {"batch_size": 64, "lr": 0.5},
+     ["report.baseline", "matches no configuration"]),
+    ({"method": "optuna", "space": {"batch_size": {"choice": [32, 64]}}}, {"batch_size": 16},
+     ["report.baseline.batch_size", "not one of the choices [32, 64]"]),
+    ({"method": "random", "space": {"lr": {"loguniform": [0.01, 0.1]}}}, {"lr": 0.5},
+     ["report.baseline.lr", "outside the range [0.01, 0.1]"]),
+    ({"method": "random", "space": {"lr": {"loguniform": [0.01, 0.1]}}}, {"epochs": 9},
+     ["report.baseline.epochs", "not searched"]),
+])
+def test_a_baseline_no_trial_can_match_is_refused_before_any_compute(search, baseline, fragments):
+    with pytest.raises(SpecError) as err:
+        spec_lib.from_dict({"search": search, "report": {"baseline": baseline}})
+    for f in fragments:
+        assert f in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("search,baseline", [
+    ({"method": "grid", "grid": {"batch_size": [32, 64]}}, {"batch_size": 64}),
+    ({"method": "grid", "grid": {"batch_size": [32]}, "points": [{"batch_size": 8}]},
+     {"batch_size": 8}),
+    ({"method": "random", "space": {"lr": {"loguniform": [0.01, 0.1]}}}, {"lr": 0.1}),
+    ({"method": "optuna", "space": {"batch_size": {"choice": [32, 64]}}}, {"batch_size": 32}),
+])
+def test_a_baseline_the_sweep_can_run_is_accepted(search, baseline):
+    s = spec_lib.from_dict({"search": search, "report": {"baseline": baseline}})
+    assert s.report.baseline == baseline

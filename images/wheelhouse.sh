@@ -14,7 +14,8 @@ else
   [ -n "$TORCH_WHEEL" ] || { echo "wheelhouse: no local torch CPU wheel (/opt/wheels); set TORCH_WHEEL, or build online (see images/Dockerfile)" >&2; exit 1; }
   torch=("$TORCH_WHEEL" "${TORCHVISION:-torchvision==0.28.0}")  # 0.28 matches torch 2.13
 fi
-python3 -m pip download -q -d images/wheelhouse --only-binary=:all: \
+# constraints.txt: the versions `make` installs (torch and torchvision are not in it).
+python3 -m pip download -q -d images/wheelhouse --only-binary=:all: -c constraints.txt \
   --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
   "${torch[@]}" .
 du -sh images/wheelhouse

@@ -16,6 +16,11 @@ class SpecError(ValueError):
         got = "" if value is dataclasses.MISSING else f", got {value!r}"
         super().__init__(f"{key}: {rule}{got}")
 
+    def __reduce__(self):  # Ray pickles a trial's error to the driver
+        args = (self.key, self.rule) if self.value is dataclasses.MISSING else \
+            (self.key, self.rule, self.value)
+        return (type(self), args)
+
 
 class DataError(RuntimeError):
     """A dataset (or pretrained weights) that cannot be found, fetched or read; the

@@ -89,6 +89,8 @@ def optuna_study(last: pd.DataFrame, spec: Spec, names: list[str] | None = None)
     dists: dict[str, optuna.distributions.BaseDistribution] = {}
     for k in names:
         v = last[k]
+        if v.dropna().empty:  # no finished trial (every one FAILED): no distribution
+            continue
         if _numeric(v) and v.nunique() > 4:
             lo, hi = float(v.min()), float(v.max())
             dists[k] = optuna.distributions.FloatDistribution(lo, hi, log=lo > 0 and hi / lo > 20)

@@ -160,3 +160,10 @@ def test_a_restarted_trial_is_a_run_per_start_on_the_timeline():
     assert slots == 1 and seg["run"].nunique() == 2  # two runs, the gap between them idle
     assert (seg["phase"] == "setup").sum() == 2
     assert eff == pytest.approx(4 * 0.75 / wall)
+
+
+def test_a_sweep_whose_every_trial_failed_gets_an_empty_study_not_an_error():
+    spec = spec_lib.from_dict({"search": {"method": "grid", "grid": {"lr": [0.1, 0.2]}}})
+    failed = pd.DataFrame({"lr": [np.nan, np.nan], "test_acc": [np.nan, np.nan],
+                           "status": ["FAILED", "FAILED"]})
+    assert len(effects.optuna_study(failed, spec).trials) == 0

@@ -23,6 +23,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import Dataset, Subset
 
+from raytune_ctr import usercode
 from raytune_ctr.errors import DataError, SpecError, one_line
 
 if TYPE_CHECKING:  # the spec sits above the registries: it asks them whether names exist
@@ -110,8 +111,12 @@ def register(name: str, shape: Callable[[DataSpec], tuple[int, int, int] | None]
 
 
 def entry(name: str) -> DatasetEntry:
+    if usercode.is_path(name):  # the user's factory; its shape is known once loaded
+        usercode.resolve(name, "data.dataset")
+        return DatasetEntry(_own, lambda s: None, in_memory=False)
     if name not in REGISTRY:
-        raise SpecError("data.dataset", f"unknown dataset; one of {sorted(REGISTRY)}", name)
+        raise SpecError("data.dataset", f"unknown dataset; one of {sorted(REGISTRY)} or an "
+                        "import path (module:factory)", name)
     return REGISTRY[name]
 
 
@@ -365,6 +370,51 @@ def _imagefolder(spec: DataSpec, tokenize: None = None) -> Datasets:
         test = datasets.ImageFolder(str(root / "val"), transform=tf)
     x0, _ = train[0]
     return Datasets(train, test, tuple(x0.shape), len(train.classes), str(root))
+
+
+def _own(spec: DataSpec, tokenize: Tokenize | None = None) -> Datasets:
+    """The user's dataset factory (data.dataset: "module:factory"), called with the
+    data section as a dict. It returns (train, test) or (train, test, num_classes);
+    each split is a map-style Dataset of (x, y) or an (x, y) pair of tensors/arrays."""
+    import dataclasses
+
+    out = usercode.call(spec.dataset, "data.dataset", dataclasses.asdict(spec))
+    if not isinstance(out, tuple | list) or len(out) not in (2, 3):
+        raise SpecError("data.dataset", f"{spec.dataset} must return (train, test) or "
+                        f"(train, test, num_classes), not {type(out).__name__}", spec.dataset)
+    train, test = (_own_split(spec.dataset, part, name)
+                   for part, name in zip(out[:2], ("train", "test"), strict=True))
+    num_classes = int(out[2]) if len(out) == 3 else _num_classes(spec.dataset, train)
+    if len(train) == 0 or len(test) == 0:
+        raise SpecError("data.dataset", f"{spec.dataset} returned an empty split", spec.dataset)
+    x0, _ = train[0]
+    return Datasets(train, test, tuple(torch.as_tensor(x0).shape), num_classes,
+                    f"{spec.dataset} (your code)")
+
+
+def _own_split(path: str, part, name: str) -> Split:
+    if isinstance(part, tuple | list) and len(part) == 2:
+        x, y = (torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a
+                for a in part)
+        if len(x) != len(y):
+            raise SpecError("data.dataset", f"{path}: {name} has {len(x)} inputs but "
+                            f"{len(y)} labels", path)
+        return TensorSet(x.float() if x.is_floating_point() else x, y.long())
+    if isinstance(part, Dataset) and hasattr(part, "__len__"):
+        return part  # type: ignore[return-value]  # map-style and sized, as batches needs
+    raise SpecError("data.dataset", f"{path}: {name} must be a sized torch Dataset of (x, y) "
+                    f"or an (x, y) pair of tensors, not {type(part).__name__}", path)
+
+
+def _num_classes(path: str, train: Split) -> int:
+    if isinstance(train, TensorSet):
+        return int(train.y.max()) + 1
+    if (classes := getattr(train, "classes", None)) is not None:
+        return len(classes)
+    if (targets := getattr(train, "targets", None)) is not None:
+        return int(max(targets)) + 1
+    raise SpecError("data.dataset", f"{path}: cannot tell the number of classes; return "
+                    "(train, test, num_classes)", path)
 
 
 TEXT = {name for name, e in REGISTRY.items() if e.text}

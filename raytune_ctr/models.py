@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raytune_ctr import usercode
 from raytune_ctr.errors import SpecError
 
 Shape = tuple[int, int, int]  # C, H, W
@@ -41,13 +42,16 @@ def hf_source(name: str) -> str | None:
 
 # check and build take any model's input shape: a text model's is (2, max_len).
 def check(name: str, shape: tuple[int, ...] | None, key: str = "train.model") -> None:
+    if usercode.is_path(name):  # the user's factory: it must import and be callable
+        usercode.resolve(name, key)
+        return
     if (source := hf_source(name)) is not None:
         if not source:
             raise SpecError(key, "hf: needs a hub id or a folder after it", name)
         return
     if name not in REGISTRY:
-        raise SpecError(key, f"unknown model; one of {sorted(REGISTRY)} or hf:<hub id or folder>",
-                        name)
+        raise SpecError(key, f"unknown model; one of {sorted(REGISTRY)}, hf:<hub id or folder> "
+                        "or an import path (module:factory)", name)
     least = REGISTRY[name].min_size
     if shape is not None and min(shape[1:]) < least:
         raise SpecError(key, f"{name} needs inputs of at least {least}x{least} px "
@@ -55,8 +59,17 @@ def check(name: str, shape: tuple[int, ...] | None, key: str = "train.model") ->
 
 
 def build(name: str, shape: tuple[int, ...], num_classes: int, *,
-          hidden: tuple[int, ...] = (100,)) -> nn.Module:
+          hidden: tuple[int, ...] = (100,), config: dict | None = None) -> nn.Module:
+    """The net for a trial. A factory named by import path gets the trial's resolved
+    `config` (its train and resources fields, and num_classes) and the input shape."""
     check(name, shape)
+    if usercode.is_path(name):
+        net = usercode.call(name, "train.model", dict(config or {}, num_classes=num_classes),
+                            tuple(shape))
+        if not isinstance(net, nn.Module):
+            raise SpecError("train.model", f"{name} returned {type(net).__name__}, "
+                            "not a torch.nn.Module", name)
+        return net
     if name.startswith("hf:"):
         source = hf_source(name)
         assert source is not None  # an hf: name always has one

@@ -241,6 +241,9 @@ class ReportSpec:
 class Spec:
     name: FolderName = "sweep"
     description: StrictStr = ""
+    # A folder of the user's own code (train.model / data.dataset as module:factory):
+    # on the driver's import path, and shipped to every node (Ray's working_dir).
+    code: StrictStr | None = None
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
     resources: ResourceSpec = ResourceSpec()
@@ -469,8 +472,9 @@ def _check(spec: Spec) -> None:
             raise SpecError(f"search.objectives.{metric}", why)
     if s.scheduler == "asha" and s.asha.time_attr == "train_time_s" and s.asha.max_t is None:
         raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
-    from raytune_ctr import data, models  # late: both import torch
+    from raytune_ctr import data, models, usercode  # late: data and models import torch
 
+    usercode.importable(spec.code)  # before any import path is resolved
     shape = data.input_shape(spec.data)
     text = data.entry(spec.data.dataset).text
     for m in candidates(spec)["model"]:
@@ -522,9 +526,12 @@ def _check_baseline(spec: Spec) -> None:
 
 
 def _matches(spec: Spec, point: dict, want: dict) -> bool:
+    """Whether the trial at `point` has the values `want` (as its fields hold them:
+    a list is a tuple there)."""
     train, res = spec.resolve(point)
-    return all(getattr(train if SEARCHABLE[k] is TrainSpec else res, k) == v
-               for k, v in want.items())
+    have, coerced = spec.resolve(want)
+    return all(getattr(train if SEARCHABLE[k] is TrainSpec else res, k)
+               == getattr(have if SEARCHABLE[k] is TrainSpec else coerced, k) for k in want)
 
 
 def _check_prices(c: CostSpec) -> None:

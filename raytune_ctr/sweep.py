@@ -6,6 +6,7 @@ the report. The CLI and the benchmarks both come here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -48,7 +49,7 @@ def run(spec: Spec, where: Results, *, address: str | None = None,
     written, the rest INTERRUPTED, and `resume` goes on; a second raises tuner.Aborted.
     """
     source = prepare_data(spec)
-    own = connect(address, verbose)
+    own = connect(address, verbose, code=spec.code)
     concurrency = plan.plan(spec)
     log.info("data: %s; running up to %d trials at once", source, concurrency)
     where.create(spec)
@@ -67,7 +68,7 @@ def resume(where: Results, *, address: str | None = None, verbose: bool = False)
                         "missing; resume on the machine and folder the sweep started in",
                         where.name)
     source = prepare_data(spec)
-    own = connect(address, verbose)
+    own = connect(address, verbose, code=spec.code)
     plan.plan(spec)
     log.info("data: %s; resuming %s", source, where.where)
     with tuner.Stop() as stop, _storage_errors(where):
@@ -119,11 +120,18 @@ def prepare_data(spec: Spec) -> str:
     A text dataset is tokenized here for every model and length the trials can ask
     for (cached for the workers), and each model's weights are fetched once.
     """
-    if not data.entry(spec.data.dataset).text:
-        return data.load(spec.data).source
-    from raytune_ctr import models
+    from raytune_ctr import models, train, usercode
 
     cand = candidates(spec)
+    if not data.entry(spec.data.dataset).text:
+        ds = data.load(spec.data)
+        # The user's model factories, built once here: one that raises is bad input,
+        # found before Ray starts, not a FAILED trial for every configuration.
+        for name in filter(usercode.is_path, cand["model"]):
+            t = dataclasses.replace(spec.train, model=name)
+            models.build(name, ds.input_shape, ds.num_classes,
+                         config=train.trial_config(t, spec.resources))
+        return ds.source
     for name in cand["model"]:
         source = models.hf_source(name)
         assert source is not None  # the spec gives a text dataset text models only
@@ -133,10 +141,14 @@ def prepare_data(spec: Spec) -> str:
     return ds.source
 
 
-def connect(address: str | None, verbose: bool = False) -> bool:
+def connect(address: str | None, verbose: bool = False, code: str | None = None) -> bool:
     """Start a Ray here (address None) or join one; True when this process started it.
-    Joining a Ray already connected in this process is a no-op."""
+    Joining a Ray already connected in this process is a no-op. `code`, the spec's
+    folder of the user's own code, reaches every worker: on a local Ray through
+    PYTHONPATH, on a cluster through the job's runtime_env (uploaded once)."""
     import ray
+
+    from raytune_ctr import usercode
 
     if ray.is_initialized():
         return False
@@ -154,8 +166,10 @@ def connect(address: str | None, verbose: bool = False) -> bool:
         # keep trials off the worker processes ray.init prestarts (theirs differs).
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)  # the user's setting wins
+        usercode.local_env(code)
     else:
         runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in CLUSTER_ENV.items()}}
+        runtime_env |= usercode.runtime_env(code)
     try:
         # The dashboard stays on: Train's PlacementGroupCleaner asks its state API
         # whether a pool's controller is gone, and without it a pool whose driver

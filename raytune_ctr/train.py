@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from raytune_ctr import data, hardware, metrics, models, trace
+from raytune_ctr import data, hardware, metrics, models, trace, usercode
 from raytune_ctr.fingerprint import fingerprint
 from raytune_ctr.results import HISTORY_FILE, STATE_FILE
 from raytune_ctr.spec import DataSpec, ResourceSpec, Spec, TrainSpec, candidates
@@ -283,11 +283,11 @@ def _setup(data_spec: DataSpec, train: TrainSpec, resources: ResourceSpec, ctx: 
         ds = ctx.load(data_spec, data.Tokenize(source, train.max_seq_length) if source else None)
         on_device = data.place(ds, device, data_spec.data_on_device)
         trace.mark("setup_data")
-        model = models.build(train.model, ds.input_shape, ds.num_classes,
-                             hidden=train.hidden).to(device)
+        model = models.build(train.model, ds.input_shape, ds.num_classes, hidden=train.hidden,
+                             config=trial_config(train, resources)).to(device)
         trace.mark("setup_model")
         dtype = ds.train.x.dtype if isinstance(ds.train, data.TensorSet) else torch.float32
-        key = flops_key(train, ds.input_shape, ds.num_classes, dtype)
+        key = flops_key(train, ds.input_shape, ds.num_classes, dtype, model)
         # Counting imports torch._dynamo (seconds); a sweep counts once, in the driver.
         flops = ctx.flops[key] if key in ctx.flops else hardware.flops_per_sample(
             model, ds.input_shape, ds.num_classes, device, dtype=dtype)
@@ -479,8 +479,15 @@ def reset_peak_rss() -> None:
         pass
 
 
-def flops_key(spec: TrainSpec, shape: tuple[int, ...], num_classes: int, dtype) -> str:
-    """What a model's FLOPs per sample depend on."""
+def flops_key(spec: TrainSpec, shape: tuple[int, ...], num_classes: int, dtype,
+              net: nn.Module | None = None) -> str:
+    """What a model's FLOPs per sample depend on. A user's factory may read any knob,
+    so its net is keyed by its layers (repr), not by the config it came from."""
+    if usercode.is_path(spec.model) and net is not None:
+        import hashlib
+
+        arch = hashlib.sha1(repr(net).encode()).hexdigest()[:16]
+        return f"{spec.model}|{arch}|{tuple(shape)}|{num_classes}|{dtype}"
     hidden = spec.hidden if spec.model == "mlp" else ()
     return f"{spec.model}|{hidden}|{tuple(shape)}|{num_classes}|{dtype}"
 
@@ -506,6 +513,11 @@ def load_state(raw: bytes) -> dict:
     return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
 
 
+def trial_config(train: TrainSpec, resources: ResourceSpec) -> dict:
+    """What a user's model factory is given: the trial's train and resources fields."""
+    return dataclasses.asdict(train) | dataclasses.asdict(resources)
+
+
 def count_flops(spec: Spec) -> dict[str, float]:
     """Every model's training FLOPs per sample, counted once for the sweep (keys:
     `flops_key`). Counting imports torch._dynamo, seconds of CPU that no
@@ -520,8 +532,9 @@ def count_flops(spec: Spec) -> dict[str, float]:
             dtype = ds.train.x.dtype if isinstance(ds.train, data.TensorSet) else torch.float32
             for hidden in cand["hidden"] if name == "mlp" else [spec.train.hidden]:
                 t = dataclasses.replace(spec.train, model=name, hidden=hidden)
-                net = models.build(name, ds.input_shape, ds.num_classes, hidden=t.hidden)
-                flops[flops_key(t, ds.input_shape, ds.num_classes, dtype)] = \
+                net = models.build(name, ds.input_shape, ds.num_classes, hidden=t.hidden,
+                                   config=trial_config(t, spec.resources))
+                flops[flops_key(t, ds.input_shape, ds.num_classes, dtype, net)] = \
                     hardware.flops_per_sample(net, ds.input_shape, ds.num_classes,
                                               torch.device("cpu"), dtype=dtype)
     return flops

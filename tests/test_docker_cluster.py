@@ -97,6 +97,8 @@ def test_up_sweep_across_nodes_down(cluster, engine):
     assert (df["status"] == "COMPLETED").all()
     assert df["env_host"].nunique() == 2  # one trial on each worker container
 
+    _own_code_reaches_every_node(path, data)
+
     down = ray_cli("down", "-y", path)
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
     assert engine.containers.list(all=True, filters={"label": f"{LABEL}={name}"}) == []
@@ -145,3 +147,36 @@ def test_cpuset_layout_passes_to_docker():
     assert args == {"cpuset_cpus": "0-3", "nano_cpus": 4 * 10**9, "mem_limit": "8g"}
     with pytest.raises(SpecError, match=r"w\.cpus: input should be greater than 0, got 0$"):
         _docker_args({"cpus": 0}, "w")
+
+
+OWN_NETS = """
+from torch import nn
+
+def build(config, input_shape):
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2],
+                                                 config["num_classes"]))
+"""
+
+
+def _own_code_reaches_every_node(path, data):
+    """Tier 1 on a real cluster: the model's module exists only on the driver's disk
+    (the head container's /tmp, not the shared data_dir), and `code:` ships it to the
+    worker containers through the job's runtime_env."""
+    (data / "own_src" / "headonly").mkdir(parents=True)
+    (data / "own_src" / "headonly" / "__init__.py").write_text("")
+    (data / "own_src" / "headonly" / "nets.py").write_text(OWN_NETS)
+    (data / "own.yaml").write_text(yaml.safe_dump({
+        "name": "own", "code": "/tmp/own", "data": {"dataset": "digits"},
+        "train": {"model": "headonly.nets:build", "epochs": 1, "optimizer": "adam",
+                  "lr": 0.01, "lr_schedule": "none"},
+        "search": {"method": "grid", "grid": {"seed": [0, 1]}}}))
+    sweep = ray_cli("exec", "--no-config-cache", path,
+                    "rm -rf /tmp/own && cp -r /data/own_src /tmp/own && rm -rf /data/own_src && "
+                    "python experiments/sweep.py --config /data/own.yaml --address auto "
+                    "--storage-path /data/results --name own")
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    df = pd.read_parquet(data / "results" / "own" / "trials.parquet")
+    assert (df["status"] == "COMPLETED").all(), df[["status", "error"]]
+    assert df["env_host"].nunique() == 2  # trained on both worker containers
+    assert (df["model"] == "headonly.nets:build").all()
+    assert (data / "results" / "own" / "report.html").is_file()

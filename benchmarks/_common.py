@@ -23,7 +23,7 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
     with tempfile.TemporaryDirectory() as tmp:
         where = Results(tmp, spec.name)
         sweep_lib.prepare_data(spec)
-        sweep_lib.connect(None)
+        sweep_lib.connect(None, code=spec.code)
         t0 = time.perf_counter()
         df = sweep_lib.run(spec, where).trials
         wall = time.perf_counter() - t0

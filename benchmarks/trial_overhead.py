@@ -18,7 +18,7 @@ Ray. For each sweep it records:
     pools' start, the FLOP count and the tables (`efficiency`).
 
     python benchmarks/trial_overhead.py [--trials 4] [--epochs 2] [--workers 1 2]
-        [--quickstart] [--out FILE] [--smoke]
+        [--quickstart] [--own-code] [--out FILE] [--smoke]
 """
 
 from __future__ import annotations
@@ -218,13 +218,16 @@ def measure(spec_map: dict, trace: Path) -> dict:
     }
 
 
-def series(name: str, workers: int, trials: int, epochs: int, data_dir: str) -> dict:
-    """K identical trials (seeds differ), one at a time: only fixed costs differ."""
+def series(name: str, workers: int, trials: int, epochs: int, data_dir: str,
+           own_code: bool = False) -> dict:
+    """K identical trials (seeds differ), one at a time: only fixed costs differ.
+    `own_code`: the same net and data through their tier-1 twins (import paths)."""
+    own = {"code": str(ROOT / "benchmarks" / "own_code")} if own_code else {}
     return {
-        "name": name,
-        "data": {"dataset": "digits", "data_dir": data_dir},
-        "train": {"model": "mnist_cnn", "epochs": epochs, "batch_size": 64,
-                  "optimizer": "adadelta", "lr": 1.0},
+        "name": name, **own,
+        "data": {"dataset": "twins:digits" if own_code else "digits", "data_dir": data_dir},
+        "train": {"model": "twins:mnist_cnn" if own_code else "mnist_cnn", "epochs": epochs,
+                  "batch_size": 64, "optimizer": "adadelta", "lr": 1.0},
         "resources": {"num_workers": workers, "cpus_per_worker": 1.0},
         "search": {"method": "grid", "grid": {"seed": list(range(trials))},
                    "max_concurrent": 1},
@@ -240,11 +243,17 @@ def main() -> None:
                    help="also measure experiments/configs/quickstart.yaml")
     p.add_argument("--config", action="append", default=[],
                    help="also measure this study file (repeatable)")
+    p.add_argument("--own-code", action="store_true",
+                   help="after each built-in series, the same through import paths (tier 1)")
     p.add_argument("--smoke", action="store_true", help="2 trials of 1 epoch, 1 worker")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args()
-    if args.smoke:
-        args.trials, args.epochs, args.workers = 2, 1, [1]
+    if args.smoke:  # the own-code series too, so the smoke covers its path
+        args.trials, args.epochs, args.workers, args.own_code = 2, 1, [1], True
+    if args.own_code:  # one local Ray serves every series: its workers need the folder
+        from raytune_ctr import usercode
+
+        usercode.local_env(str(ROOT / "benchmarks" / "own_code"))
 
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     trace = tmp / "trace.jsonl"
@@ -253,6 +262,9 @@ def main() -> None:
     for n in args.workers:
         results.append(measure(series(f"overhead-{n}w", n, args.trials, args.epochs,
                                       str(tmp / "data")), trace))
+        if args.own_code:
+            results.append(measure(series(f"overhead-own-{n}w", n, args.trials, args.epochs,
+                                          str(tmp / "data"), own_code=True), trace))
     configs = [*(["experiments/configs/quickstart.yaml"] if args.quickstart else []), *args.config]
     for path in configs:
         import yaml

@@ -5,6 +5,7 @@ The engine test skips, saying why, without an engine or the image."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,8 +171,11 @@ def _own_code_reaches_every_node(path, data):
         "train": {"model": "headonly.nets:build", "epochs": 1, "optimizer": "adam",
                   "lr": 0.01, "lr_schedule": "none"},
         "search": {"method": "grid", "grid": {"seed": [0, 1]}}}))
+    copy = ray_cli("exec", "--no-config-cache", path,
+                   "rm -rf /tmp/own && cp -r /data/own_src /tmp/own")
+    assert copy.returncode == 0, copy.stdout[-3000:] + copy.stderr[-3000:]
+    shutil.rmtree(data / "own_src")  # now only in the head container's /tmp
     sweep = ray_cli("exec", "--no-config-cache", path,
-                    "rm -rf /tmp/own && cp -r /data/own_src /tmp/own && rm -rf /data/own_src && "
                     "python experiments/sweep.py --config /data/own.yaml --address auto "
                     "--storage-path /data/results --name own")
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]

@@ -384,18 +384,28 @@ def _own(spec: DataSpec, tokenize: Tokenize | None = None) -> Datasets:
                         f"(train, test, num_classes), not {type(out).__name__}", spec.dataset)
     train, test = (_own_split(spec.dataset, part, name)
                    for part, name in zip(out[:2], ("train", "test"), strict=True))
-    num_classes = int(out[2]) if len(out) == 3 else _num_classes(spec.dataset, train)
     if len(train) == 0 or len(test) == 0:
         raise SpecError("data.dataset", f"{spec.dataset} returned an empty split", spec.dataset)
-    x0, _ = train[0]
-    return Datasets(train, test, tuple(torch.as_tensor(x0).shape), num_classes,
+    if len(out) == 3 and not (isinstance(out[2], int | np.integer) and out[2] > 1):
+        raise SpecError("data.dataset", f"{spec.dataset}: num_classes must be an int above 1, "
+                        f"not {out[2]!r}", spec.dataset)
+    num_classes = int(out[2]) if len(out) == 3 else _num_classes(spec.dataset, train)
+    first = train[0]
+    if not (isinstance(first, tuple | list) and len(first) == 2):
+        raise SpecError("data.dataset", f"{spec.dataset}: a train item must be an (x, y) "
+                        f"pair, not {type(first).__name__}", spec.dataset)
+    return Datasets(train, test, tuple(torch.as_tensor(first[0]).shape), num_classes,
                     f"{spec.dataset} (your code)")
 
 
 def _own_split(path: str, part, name: str) -> Split:
     if isinstance(part, tuple | list) and len(part) == 2:
-        x, y = (torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a
-                for a in part)
+        try:
+            x, y = (torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a
+                    for a in part)
+        except (TypeError, ValueError) as err:
+            raise SpecError("data.dataset", f"{path}: {name} is not numeric tensors "
+                            f"({one_line(err)})", path) from None
         if len(x) != len(y):
             raise SpecError("data.dataset", f"{path}: {name} has {len(x)} inputs but "
                             f"{len(y)} labels", path)

@@ -224,15 +224,16 @@ def load(folder: Path) -> tuple[Spec, pd.DataFrame]:
     for f in (SPEC, TRIALS):
         if not (folder / f).is_file():
             raise FileNotFoundError(f"{folder}: no {f}; is this a raytune_ctr results folder?")
-    return (spec_lib.load(folder / SPEC, key=str(folder / SPEC)),
+    return (spec_lib.load(folder / SPEC, key=str(folder / SPEC), saved=True),
             complete(pd.read_parquet(folder / TRIALS)))
 
 
 def load_spec(folder: Path) -> Spec:
-    """The spec a sweep ran with, to run on (checked as strictly as a new one)."""
+    """The spec a sweep ran with, to run on. Its user code is resolved when it runs
+    (`sweep.prepare_data`), with the same one-line errors."""
     from raytune_ctr import spec as spec_lib
 
-    return spec_lib.load(Path(folder) / SPEC, key=str(Path(folder) / SPEC))
+    return spec_lib.load(Path(folder) / SPEC, key=str(Path(folder) / SPEC), saved=True)
 
 
 def can_resume(where: str) -> bool:

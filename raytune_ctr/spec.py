@@ -305,7 +305,7 @@ def _known(loc: tuple) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def from_dict(data: Any) -> Spec:
+def from_dict(data: Any, *, saved: bool = False) -> Spec:
     """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem."""
     if not isinstance(data, dict):
         raise SpecError("spec", "must be a mapping of sections", data)
@@ -318,7 +318,7 @@ def from_dict(data: Any) -> Spec:
         raise from_pydantic(err, known=_known) from None
     except TypeError as err:  # a non-string key, for example
         raise SpecError("spec", str(err)) from None
-    _check(spec)
+    _check(spec, saved)
     return spec
 
 
@@ -390,14 +390,17 @@ def _no_key_twice(node: yaml.Node, at: str, seen_nodes: set[int] | None = None) 
 
 
 def load(path: str | Path, overrides: dict[str, dict] | None = None,
-         key: str = "--config") -> Spec:
+         key: str = "--config", saved: bool = False) -> Spec:
     """Load a spec file; `overrides` ({section: {key: value}}, from the command line)
-    replace its values before validation, so they are checked as part of it."""
+    replace its values before validation, so they are checked as part of it.
+    `saved`: a results folder's spec, read where the user's code may not be (report,
+    compare, elsewhere), and perhaps written before today's rules: its user code is
+    not imported, and a baseline that matches nothing is the report's warning."""
     data = read_yaml(path, key)
     for section, values in (overrides or {}).items():
         if isinstance(data, dict) and isinstance(data.get(section, {}), dict):
             data = data | {section: data.get(section, {}) | values}
-    return from_dict(data)
+    return from_dict(data, saved=saved)
 
 
 def dump(spec: Spec, path: str | Path) -> None:
@@ -422,7 +425,7 @@ def _check_value(key_path: str, name: str, value: Any, spec: Spec) -> None:
         raise SpecError(key_path, e["msg"][0].lower() + e["msg"][1:], value) from None
 
 
-def _check(spec: Spec) -> None:
+def _check(spec: Spec, saved: bool = False) -> None:
     """Rules that span fields: the search space, objectives, ASHA, models."""
     s = spec.search
     if s.method == "grid" and s.space:
@@ -464,7 +467,8 @@ def _check(spec: Spec) -> None:
         if metric not in METRICS:
             raise SpecError(f"search.objectives.{metric}", f"unknown metric; one of {sorted(METRICS)}")
     _check_prices(spec.cost)
-    _check_baseline(spec)
+    if not saved:
+        _check_baseline(spec)
     trials = all_trials(spec)
     for metric in s.objectives:
         why = unmeasured(metric, trials, spec.cost)
@@ -474,10 +478,17 @@ def _check(spec: Spec) -> None:
         raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
     from raytune_ctr import data, models, usercode  # late: data and models import torch
 
-    usercode.importable(spec.code)  # before any import path is resolved
-    shape = data.input_shape(spec.data)
-    text = data.entry(spec.data.dataset).text
+    own_data = usercode.is_path(spec.data.dataset)
+    if saved:  # resolved when it runs (--resume), not to read its results
+        if spec.code is not None and Path(spec.code).expanduser().is_dir():
+            usercode.importable(spec.code)
+    else:
+        usercode.importable(spec.code)  # before any import path is resolved
+    shape = None if own_data and saved else data.input_shape(spec.data)
+    text = False if own_data else data.entry(spec.data.dataset).text
     for m in candidates(spec)["model"]:
+        if saved and usercode.is_path(m):
+            continue
         models.check(m, shape, key="train.model")
         if (models.hf_source(m) is not None) != text:
             raise SpecError("train.model", f"{'a text' if text else 'an image'} dataset "
@@ -486,7 +497,9 @@ def _check(spec: Spec) -> None:
     if text and True in candidates(spec)["channels_last"]:
         raise SpecError("train.channels_last", "is for conv nets; text batches are token ids",
                         True)
-    if spec.data.data_on_device is True and not data.entry(spec.data.dataset).in_memory:
+    # A user's dataset is in memory when its factory returns tensors: known once loaded.
+    if spec.data.data_on_device is True and not own_data \
+            and not data.entry(spec.data.dataset).in_memory:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)
     for train, res in trials:
@@ -521,7 +534,8 @@ def _check_baseline(spec: Spec) -> None:
         elif dim.kind == "choice" and v not in dim.args and not any(
                 p.get(name) == v for p in s.points):
             raise SpecError(f"report.baseline.{name}", f"is not one of the choices {list(dim.args)}", v)
-        elif dim.kind != "choice" and not dim.args[0] <= v <= dim.args[1]:
+        elif dim.kind != "choice" and (not isinstance(v, int | float)
+                                       or not dim.args[0] <= v <= dim.args[1]):
             raise SpecError(f"report.baseline.{name}", f"is outside the range {list(dim.args)}", v)
 
 

@@ -48,6 +48,10 @@ def run(spec: Spec, where: Results, *, address: str | None = None,
     A first SIGINT or SIGTERM stops it gracefully (`tuner.Stop`): finished trials are
     written, the rest INTERRUPTED, and `resume` goes on; a second raises tuner.Aborted.
     """
+    from raytune_ctr import usercode
+
+    if spec.code is not None:  # saved absolute: --resume works from any folder
+        spec = dataclasses.replace(spec, code=str(usercode.folder(spec.code)))
     source = prepare_data(spec)
     own = connect(address, verbose, code=spec.code)
     concurrency = plan.plan(spec)

@@ -19,8 +19,9 @@ _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w
 
 
 def is_path(name: str) -> bool:
-    """Whether a spec name is an import path rather than a registry name."""
-    return bool(_PATH.match(name))
+    """Whether a spec name is an import path rather than a registry name (hf:gpt2
+    is a Hugging Face model)."""
+    return not name.startswith("hf:") and bool(_PATH.match(name))
 
 
 def folder(code: str | None) -> Path | None:

@@ -184,3 +184,51 @@ def test_the_tier1_example_sweeps_end_to_end(tmp_path):
     assert df["flops_per_sample"].gt(0).all() and df["samples_per_s"].gt(0).all()
     assert df["test_acc"].max() > 90
     assert "Fastest configuration reaching" in (run / "report.md").read_text()
+
+
+def test_hugging_face_names_are_not_import_paths():
+    for name in ("hf:gpt2", "hf:distilgpt2", "hf:models"):
+        assert not usercode.is_path(name), name
+
+
+@pytest.mark.parametrize("factory,fragment", [
+    ("empty", "returned an empty split"),
+    ("bad_classes", "num_classes must be an int above 1, not None"),
+    ("strings", "train is not numeric tensors"),
+])
+def test_a_dataset_factorys_odd_return_is_one_line(code, tmp_path, factory, fragment):
+    (Path(code) / "mine" / "odd.py").write_text(textwrap.dedent("""
+        import torch
+
+        def empty(config):
+            return (torch.zeros(0, 2), torch.zeros(0)), (torch.zeros(1, 2), torch.zeros(1))
+
+        def bad_classes(config):
+            x = torch.zeros(4, 2)
+            return (x, torch.zeros(4)), (x, torch.zeros(4)), None
+
+        def strings(config):
+            return (["a", "b"], ["c", "d"]), (["a"], ["c"])
+    """))
+    s = _spec(code, data={"dataset": f"mine.odd:{factory}", "data_dir": str(tmp_path / "d")},
+              train={"model": "mine.nets:mlp"})
+    with pytest.raises(SpecError, match="^data.dataset: ") as err:
+        data.load(s.data)
+    assert fragment in str(err.value), str(err.value)
+
+
+def test_a_results_folder_reads_without_the_users_code(code, tmp_path):
+    """report and compare read a saved spec where the code is not (another machine,
+    a copied folder); it is resolved only when the sweep runs (--resume)."""
+    s = _spec(code, train={"model": "mine.nets:mlp"}, data={"dataset": "mine.sets:tensors"})
+    spec_lib.dump(s, tmp_path / "spec.yaml")
+    gone = tmp_path / "elsewhere"
+    text = (tmp_path / "spec.yaml").read_text().replace(code, str(gone))
+    (tmp_path / "spec.yaml").write_text(text)
+    for m in [m for m in sys.modules if m == "mine" or m.startswith("mine.")]:
+        del sys.modules[m]
+    sys.path.remove(code)
+    again = spec_lib.load(tmp_path / "spec.yaml", saved=True)
+    assert again.train.model == "mine.nets:mlp"
+    with pytest.raises(SpecError, match="code: is not a folder"):
+        spec_lib.load(tmp_path / "spec.yaml")

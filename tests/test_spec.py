@@ -203,3 +203,19 @@ def test_every_study_file_still_checks_after_smoke():
         assert spec_lib.from_dict(small.to_dict()) == small, path
     wide = spec_lib.load("experiments/configs/s1_wide_grid.yaml")
     assert wide.report.baseline and spec_lib.smoke(wide).report.baseline == {}
+
+
+def test_a_null_baseline_in_a_range_is_one_line():
+    with pytest.raises(SpecError, match="report.baseline.threads_per_worker: is outside"):
+        spec_lib.from_dict({"search": {"method": "random", "space": {
+            "threads_per_worker": {"randint": [1, 4]}}},
+            "report": {"baseline": {"threads_per_worker": None}}})
+
+
+def test_a_saved_spec_whose_baseline_matches_nothing_still_reads(tmp_path):
+    """Folders written before the baseline check: the report warns, as it did."""
+    (tmp_path / "spec.yaml").write_text(
+        "search: {grid: {lr: [0.1, 0.2]}}\nreport: {baseline: {lr: 0.3}}\n")
+    assert spec_lib.load(tmp_path / "spec.yaml", saved=True).report.baseline == {"lr": 0.3}
+    with pytest.raises(SpecError, match="report.baseline"):
+        spec_lib.load(tmp_path / "spec.yaml")

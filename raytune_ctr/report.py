@@ -98,8 +98,7 @@ def baseline_config(df: pd.DataFrame, spec: Spec) -> str:
     want = spec.report.baseline
     if want:
         try:  # numbers as the trials' columns hold them: lr 1 is 1.0
-            train, res = spec.resolve(want)
-            held = {k: getattr(train if hasattr(train, k) else res, k) for k in want}
+            held = spec.trial_values(want, want)
             want = {k: v if isinstance(held[k], tuple) else held[k] for k, v in want.items()}
         except (TypeError, ValueError):
             pass  # a folder written before the baseline was checked: compare as written

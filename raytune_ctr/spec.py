@@ -17,6 +17,7 @@ node prices, fixed for the sweep. Bad input raises `SpecError` with one line nam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import itertools
@@ -268,6 +269,12 @@ class Spec:
         points = [p for p in product if p] + [dict(p) for p in s.points]
         return points or [{}]
 
+    def trial_values(self, point: dict, keys) -> dict:
+        """The fields `keys` of the trial at `point`, as the fields hold them (1 is 1.0
+        for a float, a list is a tuple)."""
+        train, res = self.resolve(point)
+        return {k: getattr(train if SEARCHABLE[k] is TrainSpec else res, k) for k in keys}
+
     def resolve(self, overrides: dict) -> tuple[TrainSpec, ResourceSpec]:
         """The train and resource specs of one trial."""
         train_keys = {f.name for f in dataclasses.fields(TrainSpec)}
@@ -479,11 +486,10 @@ def _check(spec: Spec, saved: bool = False) -> None:
     from raytune_ctr import data, models, usercode  # late: data and models import torch
 
     own_data = usercode.is_path(spec.data.dataset)
-    if saved:  # resolved when it runs (--resume), not to read its results
-        if spec.code is not None and Path(spec.code).expanduser().is_dir():
-            usercode.importable(spec.code)
-    else:
-        usercode.importable(spec.code)  # before any import path is resolved
+    # Before any import path is resolved; a saved spec's code is resolved when it runs
+    # (--resume), not to read its results.
+    with contextlib.suppress(SpecError) if saved else contextlib.nullcontext():
+        usercode.importable(spec.code)
     shape = None if own_data and saved else data.input_shape(spec.data)
     text = False if own_data else data.entry(spec.data.dataset).text
     for m in candidates(spec)["model"]:
@@ -542,10 +548,7 @@ def _check_baseline(spec: Spec) -> None:
 def _matches(spec: Spec, point: dict, want: dict) -> bool:
     """Whether the trial at `point` has the values `want` (as its fields hold them:
     a list is a tuple there)."""
-    train, res = spec.resolve(point)
-    have, coerced = spec.resolve(want)
-    return all(getattr(train if SEARCHABLE[k] is TrainSpec else res, k)
-               == getattr(have if SEARCHABLE[k] is TrainSpec else coerced, k) for k in want)
+    return spec.trial_values(point, want) == spec.trial_values(want, want)
 
 
 def _check_prices(c: CostSpec) -> None:

@@ -1,13 +1,16 @@
 """raytune_ctr: which training configuration is fastest for the accuracy you need.
 
 Pipeline, one module each: data -> models -> train (the loop) -> spec -> tuner
-(the sweep) -> report.
+(the sweep) -> report. A training function of your own calls `report` once per
+epoch, and `checkpoint` to resume (docs/own-code.md).
 """
 
 from raytune_ctr.errors import DataError, SpecError
+from raytune_ctr.reporter import checkpoint, config, report
 from raytune_ctr.spec import Spec, load
 
-__all__ = ["DataError", "RAY_VERSION", "Spec", "SpecError", "load"]
+__all__ = ["DataError", "RAY_VERSION", "Spec", "SpecError", "checkpoint", "config", "load",
+           "report"]
 __version__ = "0.1.0"
 # Declared once; tests check pyproject's pin, the images and the KubeRay manifests against it.
 RAY_VERSION = "2.60.0"

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from raytune_ctr import report
 from raytune_ctr import spec as spec_lib
+from raytune_ctr import writeup
 from raytune_ctr.errors import DataError, SpecError, StorageError
 from raytune_ctr.results import LOCAL_RESULTS, Results
 
@@ -129,7 +129,7 @@ def sweep(args: argparse.Namespace) -> int:
                      f"{len(statuses) - left} trials finished, {left} interrupted; go on "
                      f"with: {_resume_cmd(where)}", 128 + outcome.interrupted)
     statuses = df.groupby("trial_index")["status"].first()
-    answer = report.fastest_reaching(report.label_trials(df, outcome.spec),
+    answer = writeup.fastest_reaching(writeup.label_trials(df, outcome.spec),
                                      outcome.spec.report.target_acc)
     print(f"\n{answer}\n\n{_where(outcome.report.parent)}")
     if (statuses == "FAILED").all():
@@ -139,7 +139,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 def report_cmd(args: argparse.Namespace) -> int:
     try:
-        path = report.build(Path(args.dir))
+        path = writeup.build(Path(args.dir))
     except (FileNotFoundError, SpecError) as err:
         return _fail(str(err))
     print(path)
@@ -148,7 +148,7 @@ def report_cmd(args: argparse.Namespace) -> int:
 
 def compare_cmd(args: argparse.Namespace) -> int:
     try:
-        text, same = report.compare(Path(args.a), Path(args.b))
+        text, same = writeup.compare(Path(args.a), Path(args.b))
     except (FileNotFoundError, SpecError) as err:
         return _fail(str(err))
     print(text)

@@ -8,8 +8,10 @@ import platform
 import socket
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _version(pkg: str) -> str:
@@ -38,12 +40,24 @@ def _image() -> str:
     return "unknown-container" if in_container else "native"
 
 
+def process(image: str | None, gpu: bool) -> dict[str, str]:
+    """Where a user's process ran (tiers 2 and 3), seen from the trial that started
+    it, without importing torch: natively on this host, or in `image`."""
+    return {"python": platform.python_version() if image is None else "not measured",
+            "torch": _version("torch") if image is None else "not measured",
+            "ray": _version("ray"), "optuna": _version("optuna"), "cpu_model": _cpu_model(),
+            "cpu_count": str(os.cpu_count()), "gpu_name": "not measured" if gpu else "none",
+            "host": socket.gethostname(), "image": image or _image()}
+
+
 def fingerprint(device: torch.device | None = None) -> dict[str, str]:
     return dict(_fingerprint(str(device) if device is not None else None))
 
 
 @functools.cache  # once per process and device: a reused trial process asks every trial
 def _fingerprint(device: str | None) -> dict[str, str]:
+    import torch
+
     dev = torch.device(device) if device is not None else None
     gpu = ""
     if dev is not None and dev.type == "cuda":

@@ -14,13 +14,14 @@ from raytune_ctr.errors import SpecError
 from raytune_ctr.spec import ResourceSpec, Spec, all_resources
 
 
-def trial_resources(res: ResourceSpec) -> dict[str, float]:
+def trial_resources(res: ResourceSpec, own_process: bool = False) -> dict[str, float]:
     """What a trial's Tune actor reserves: every CPU (and memory) its workers use; the
-    GPUs too when it trains itself (a pool's workers hold their own GPUs)."""
+    GPUs too when it trains itself or starts the user's process (a pool's workers
+    hold their own GPUs)."""
     n = res.num_workers
     req = {"CPU": n * res.worker_cpus}
-    if res.use_gpu and n == 1:
-        req["GPU"] = res.gpus_per_worker
+    if res.use_gpu and (n == 1 or own_process):
+        req["GPU"] = n * res.gpus_per_worker
     if res.max_memory_gb:
         req["memory"] = n * res.max_memory_gb * 2**30  # Ray counts memory in bytes
     return req

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -39,6 +40,7 @@ from pydantic import (
 from pydantic import ValidationError as _PydanticError
 from pydantic.dataclasses import dataclass
 
+from raytune_ctr import output, usercode
 from raytune_ctr.errors import SpecError, from_pydantic
 from raytune_ctr.metrics import METRICS, unmeasurable
 
@@ -90,6 +92,9 @@ class DataSpec:
 @dataclass(frozen=True, config=_STRICT)
 class TrainSpec:
     model: StrictStr = "mnist_cnn"
+    # Tier 2: the user's own training function ("mypkg.train:run"), run in its own
+    # process (torchrun for several workers); it calls raytune_ctr.report per epoch.
+    function: StrictStr | None = None
     hidden: tuple[PositiveInt, ...] = (100,)  # mlp only
     epochs: PositiveInt = 5
     # Global batch per step, split across Train workers (Ray's examples' convention),
@@ -134,6 +139,10 @@ class ResourceSpec:
     # Host memory per Train worker: Ray reserves it when scheduling, and a worker whose
     # peak RSS goes over it fails the trial with "out of memory". None: no limit.
     max_memory_gb: PositiveFloat | None = None
+    # Tiers 2 and 3: run the trial's process in the project's image (docker run) rather
+    # than natively: the container-against-native knob, for any script.
+    container: StrictBool = False
+
     @property
     def worker_cpus(self) -> float:
         """The CPUs each Train worker holds."""
@@ -232,6 +241,24 @@ class SearchSpec:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class ScriptSpec:
+    """Tier 3: the user's unmodified script. `command` names spec fields in braces;
+    each metric is a regular expression with a group `value`, or `correct` and
+    `total` (a percentage from exact counts); a line the first metric matches ends
+    an epoch. script.py runs it; docs/own-code.md says what it measures."""
+
+    command: StrictStr
+    metrics: dict[StrictStr, StrictStr]
+    # The working folder; default: the spec's `code:` folder.
+    folder: StrictStr | None = None
+    # Lines the script prints, to test the metrics against before anything runs.
+    sample: Annotated[tuple[StrictStr, ...], BeforeValidator(
+        lambda v: (v,) if isinstance(v, str) else v)] = ()
+    # The image resources.container runs it in.
+    image: StrictStr = "raytune-ctr:latest"
+
+
+@dataclass(frozen=True, config=_STRICT)
 class ReportSpec:
     target_acc: Annotated[StrictFloat, Field(ge=0, le=100)] = 90.0  # percent
     # The config the speedup column compares against, e.g. {batch_size: 64}; default: first.
@@ -245,6 +272,7 @@ class Spec:
     # A folder of the user's own code (train.model / data.dataset as module:factory):
     # on the driver's import path, and shipped to every node (Ray's working_dir).
     code: StrictStr | None = None
+    script: ScriptSpec | None = None
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
     resources: ResourceSpec = ResourceSpec()
@@ -254,6 +282,13 @@ class Spec:
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
+
+    @property
+    def runner(self) -> Literal["loop", "function", "script"]:
+        """Who trains: our loop (tier 1), the user's function (2) or script (3)."""
+        if self.script is not None:
+            return "script"
+        return "function" if self.train.function is not None else "loop"
 
     def searched_keys(self) -> list[str]:
         s = self.search
@@ -298,7 +333,7 @@ def _plain(obj):
 
 _SECTIONS: dict[str, type[DataclassInstance]] = {
     "data": DataSpec, "train": TrainSpec, "resources": ResourceSpec, "cost": CostSpec,
-    "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec}
+    "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec, "script": ScriptSpec}
 
 
 def _known(loc: tuple) -> list[str]:
@@ -316,8 +351,9 @@ def from_dict(data: Any, *, saved: bool = False) -> Spec:
     """Validate a parsed YAML mapping into a `Spec`; raise `SpecError` on the first problem."""
     if not isinstance(data, dict):
         raise SpecError("spec", "must be a mapping of sections", data)
-    for section in ("data", "train", "resources", "cost", "search", "report"):
-        if section in data and not isinstance(data[section], dict):
+    for section in ("data", "train", "resources", "cost", "search", "report", "script"):
+        if section in data and not isinstance(data[section], dict) \
+                and not (section == "script" and data[section] is None):
             raise SpecError(section, "must be a mapping", data[section])
     try:
         spec = Spec(**data)
@@ -483,7 +519,18 @@ def _check(spec: Spec, saved: bool = False) -> None:
             raise SpecError(f"search.objectives.{metric}", why)
     if s.scheduler == "asha" and s.asha.time_attr == "train_time_s" and s.asha.max_t is None:
         raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
-    from raytune_ctr import data, models, usercode  # late: data and models import torch
+    for _, res in trials:
+        if res.cpus_per_worker is not None and res.cpus_per_trial is not None:
+            raise SpecError("resources.cpus_per_trial", "set it or cpus_per_worker, not both",
+                            res.cpus_per_trial)
+    if spec.runner != "loop":
+        _check_own_process(spec, saved)
+        return
+    if True in candidates(spec)["container"]:
+        raise SpecError("resources.container", "runs a training function or a script (tiers 2 "
+                        "and 3) in the image; our loop runs there through ray up "
+                        "cluster/docker.yaml", True)
+    from raytune_ctr import data, models  # late: data and models import torch
 
     own_data = usercode.is_path(spec.data.dataset)
     # Before any import path is resolved; a saved spec's code is resolved when it runs
@@ -509,12 +556,59 @@ def _check(spec: Spec, saved: bool = False) -> None:
         raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
                         f"{sorted(data.IN_MEMORY)}", True)
     for train, res in trials:
-        if res.cpus_per_worker is not None and res.cpus_per_trial is not None:
-            raise SpecError("resources.cpus_per_trial", "set it or cpus_per_worker, not both",
-                            res.cpus_per_trial)
         if train.batch_size < res.num_workers:
             raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "
                             "because it is split across workers", train.batch_size)
+
+
+def _check_own_process(spec: Spec, saved: bool) -> None:
+    """Tiers 2 and 3: the function resolves; the command names fields, runs under
+    torchrun where it must, and sees every searched field; the regexes read the
+    samples and give the objectives."""
+    s = spec.search
+    if spec.script is not None and spec.train.function is not None:
+        raise SpecError("train.function", "a spec runs a training function or a script, "
+                        "not both", spec.train.function)
+    with contextlib.suppress(SpecError) if saved else contextlib.nullcontext():
+        usercode.importable(spec.code)
+    if spec.script is None:
+        name = str(spec.train.function)
+        if not usercode.is_path(name):
+            raise SpecError("train.function", "must be an import path, module:function", name)
+        if not saved:
+            usercode.resolve(name, "train.function")
+        return
+    sc = spec.script
+    names = output.placeholders(sc.command)
+    for f in names:
+        if f not in SEARCHABLE:
+            hint = difflib.get_close_matches(f, SEARCHABLE, n=1)
+            raise SpecError("script.command", f"{{{f}}} is not a train or resources field"
+                            + (f" (did you mean {{{hint[0]}}}?)" if hint else ""), sc.command)
+    for name in spec.searched_keys():
+        if SEARCHABLE[name] is TrainSpec and name not in names:
+            where = "grid" if name in s.grid else "space" if name in s.space else "points"
+            raise SpecError(f"search.{where}.{name}", f"the script never sees it: put {{{name}}} "
+                            "in script.command")
+    for train, res in all_trials(spec):
+        argv = sc.command.format(**dataclasses.asdict(train) | dataclasses.asdict(res)).split()
+        if res.num_workers > 1 and not (argv and argv[0] in ("python", "python3") and len(argv) > 1
+                                        and (argv[1] == "-m" or not argv[1].startswith("-"))):
+            raise SpecError("script.command", "with num_workers > 1 it runs under torchrun, so it "
+                            "must read `python SCRIPT ...` or `python -m MODULE ...`", sc.command)
+    patterns = output.compile_metrics(sc.metrics)
+    output.check_samples(patterns, sc.sample)
+    if patterns:
+        for metric in s.objectives:
+            if metric not in patterns and metric not in output.TIMED:
+                raise SpecError(f"search.objectives.{metric}", f"no script.metrics regex reads "
+                                f"it (they read {', '.join(patterns)}), and raytune_ctr measures "
+                                f"only {', '.join(output.TIMED)}")
+    folder = sc.folder or spec.code
+    if folder is None:
+        raise SpecError("script.folder", "is needed (or `code:`): the folder the command runs in")
+    if not saved and not Path(folder).expanduser().is_dir():
+        raise SpecError("script.folder" if sc.folder else "code", "is not a folder", folder)
 
 
 def _check_baseline(spec: Spec) -> None:

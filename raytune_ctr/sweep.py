@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raytune_ctr import data, plan, report, results, tuner
+from raytune_ctr import data, plan, results, tuner, writeup
 from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.results import Results
 from raytune_ctr.spec import Spec, candidates
@@ -52,6 +52,9 @@ def run(spec: Spec, where: Results, *, address: str | None = None,
 
     if spec.code is not None:  # saved absolute: --resume works from any folder
         spec = dataclasses.replace(spec, code=str(usercode.folder(spec.code)))
+    if spec.script is not None and spec.script.folder is not None:
+        spec = dataclasses.replace(spec, script=dataclasses.replace(
+            spec.script, folder=str(Path(spec.script.folder).resolve())))
     source = prepare_data(spec)
     own = connect(address, verbose, code=spec.code)
     concurrency = plan.plan(spec)
@@ -106,7 +109,7 @@ def _finish(grid, spec: Spec, where: Results, interrupted: int | None = None) ->
     except OSError as err:
         raise where.cannot_write(err) from None
     try:
-        path = report.build(where.local)
+        path = writeup.build(where.local)
     except OSError as err:
         raise StorageError(f"{where.local}: cannot write the report ({err.strerror or err}); "
                            "the tables are written: rebuild it with raytune-ctr report "
@@ -126,6 +129,8 @@ def prepare_data(spec: Spec) -> str:
     """
     from raytune_ctr import models, train, usercode
 
+    if spec.runner != "loop":
+        return f"the user's own {spec.runner} (not loaded here)"
     cand = candidates(spec)
     if not data.entry(spec.data.dataset).text:
         ds = data.load(spec.data)

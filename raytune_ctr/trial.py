@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray
 
-from raytune_ctr import results, trace
+from raytune_ctr import results, script, trace
 from raytune_ctr.pool import PoolKey
 from raytune_ctr.spec import Spec, hour_usd
 
@@ -34,6 +34,14 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) ->
     # Tune's count of this trial's failures so far (its callback tells the coordinator).
     retries, error = ray.get(coordinator.failures.remote(trial_id))
     extra = {"retries": retries} | ({"retry_error": error} if error else {})
+    if spec.runner != "loop":  # tiers 2 and 3: the user's own process trains
+        try:
+            script.run(spec, {"train": train, "resources": res, "hour_usd": hour_usd(res, spec.cost)},
+                       extra)
+        finally:
+            trace.mark("trial_end")
+            trace.set_trial(None)
+        return
     state = results.last_state(tune.get_checkpoint())
     job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id, "data": spec.data,
            "train": train, "resources": res, "objectives": list(spec.search.objectives),

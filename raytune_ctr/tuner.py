@@ -113,7 +113,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
     param_space, search_alg, num_samples = _search(spec, where, live)
     coordinator = _start_coordinator(spec, where)
     trace.mark("coordinator_started")
-    flops = train.count_flops(spec)  # while the coordinator's pools start
+    flops = _flops(spec)  # while the coordinator's pools start
     trace.mark("flops_counted")
     try:
         tuner = tune.Tuner(
@@ -156,7 +156,7 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
 
     _quiet(verbose=False)
     coordinator = _start_coordinator(spec, where)
-    flops = train.count_flops(spec)
+    flops = _flops(spec)
     try:
         try:
             # The run config (and its callback, which finds this coordinator by name)
@@ -273,12 +273,17 @@ def _scheduler(spec: Spec):
 # --- the trials and their coordinator ----------------------------------------------
 
 
+def _flops(spec: Spec) -> dict[str, float]:
+    """Our loop's models' FLOPs; a user's function or script has no model we know."""
+    return train.count_flops(spec) if spec.runner == "loop" else {}
+
+
 def _trainable(spec: Spec, coordinator, flops: dict[str, float]):
     from ray import tune
 
     def resources(config: dict):
         _, res = spec.resolve(config)
-        return tune.PlacementGroupFactory([plan.trial_resources(res)])
+        return tune.PlacementGroupFactory([plan.trial_resources(res, spec.runner != "loop")])
 
     return tune.with_resources(tune.with_parameters(trial.run_trial, spec=spec,
                                                     coordinator=coordinator, flops=flops),

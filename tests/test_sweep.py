@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from raytune_ctr import report
+from raytune_ctr import writeup
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path):
 
     text = (out / "report.md").read_text()
     assert "## Pareto-optimal configurations" in text and "train_loss is nan" in text
-    for p in report.PLOTS:
+    for p in writeup.PLOTS:
         assert (out / p).is_file()
     study = optuna.load_study(study_name="grid", storage=f"sqlite:///{out / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytune_ctr import report, results
+from raytune_ctr import results, writeup
 from raytune_ctr import spec as spec_lib
 
 
@@ -41,28 +41,28 @@ S1 = {"name": "s1", "search": {"objectives": {"test_acc": "max", "train_time_s":
 
 def test_pareto_mask():
     v = np.array([[99.0, 150.0], [98.9, 105.0], [98.0, 75.0], [97.0, 80.0]])
-    assert report.pareto_mask(v, [True, False]).tolist() == [True, True, True, False]
+    assert writeup.pareto_mask(v, [True, False]).tolist() == [True, True, True, False]
 
 
 def test_tables_answer_and_pareto(tmp_path):
     run, spec = fake_results(tmp_path, S1)
     _, df = results.load(run)
-    df = report.label_trials(df, spec)
-    acc = report.by_epoch(df, "test_acc", 2)
+    df = writeup.label_trials(df, spec)
+    acc = writeup.by_epoch(df, "test_acc", 2)
     assert acc.loc["batch_size=64 lr=1.0", "epoch 3"] == "98.90"
     assert "batch_size=32 lr=0.5" not in acc.index  # failed trials are not scored
-    times, base = report.time_table(df, spec)
+    times, base = writeup.time_table(df, spec)
     assert base == "batch_size=64 lr=1.0"
     assert times.loc["batch_size=32 lr=1.0", "speedup"] == 0.7
     assert times.loc["batch_size=128 lr=1.0", "speedup"] == 1.4
     assert times.loc["batch_size=128 lr=1.0", "Δ acc (points)"] == -0.9
-    front = report.pareto_front(df, spec)
+    front = writeup.pareto_front(df, spec)
     assert set(front["config"]) == {"batch_size=32 lr=1.0", "batch_size=64 lr=1.0",
                                     "batch_size=128 lr=1.0", "batch_size=128 lr=1.5"}
-    answer = report.fastest_reaching(df, 98.0)
+    answer = writeup.fastest_reaching(df, 98.0)
     # batch 128 reaches 98.0 at 75 s; batch 64 at 70 s (epoch 2): 64 wins.
     assert "**batch_size=64 lr=1.0** reached 98.00% at epoch 2 after 70 s of training" in answer
-    assert "No configuration reached 99.5%" in report.fastest_reaching(df, 99.5)
+    assert "No configuration reached 99.5%" in writeup.fastest_reaching(df, 99.5)
 
 
 def test_seeds_become_mean_and_std(tmp_path):
@@ -72,8 +72,8 @@ def test_seeds_become_mean_and_std(tmp_path):
     second = df["trial_index"] == 1  # make trial 1 a second seed of trial 0's config
     df.loc[second, ["batch_size", "seed"]] = [32, 2]
     df.loc[second, "test_acc"] += 1.0
-    df = report.label_trials(df, spec)
-    acc = report.by_epoch(df, "test_acc", 1)
+    df = writeup.label_trials(df, spec)
+    acc = writeup.by_epoch(df, "test_acc", 1)
     assert acc.loc["batch_size=32", "epoch 1"] == "97.0 ± 0.0"
     assert acc.loc["batch_size=32", "epoch 2"] == "98.8 ± 0.4"
     assert acc.loc["batch_size=128", "epoch 1"] == "92.0 ± 2.8"  # lr is not searched here
@@ -81,25 +81,25 @@ def test_seeds_become_mean_and_std(tmp_path):
 
 def test_build_writes_report_and_plots(tmp_path):
     run, _ = fake_results(tmp_path, S1)
-    out = report.build(run)
+    out = writeup.build(run)
     text = out.read_text()
     for section in ("## Answer", "## Pareto-optimal", "## Test accuracy (%) by epoch",
                     "## Test loss by epoch", "## Time", "## Hardware per trial",
                     "## Failed trials", "FloatingPointError: nan", "## Environment"):
         assert section in text
-    for p in report.PLOTS:
+    for p in writeup.PLOTS:
         assert (run / p).stat().st_size > 1000
 
 
 def test_report_on_a_non_results_folder_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no spec.yaml"):
-        report.build(tmp_path)
+        writeup.build(tmp_path)
 
 
 def test_compare_names_the_metric_epoch_and_environment_that_differ(tmp_path):
     a, _ = fake_results(tmp_path / "a", S1)
     b, _ = fake_results(tmp_path / "b", S1)
-    text, same = report.compare(a, b)
+    text, same = writeup.compare(a, b)
     assert same and "results identical" in text and "fingerprint identical" in text
     df = pd.read_parquet(b / "trials.parquet")
     # Trials may finish in another order: rows are matched by config, not position.
@@ -107,7 +107,7 @@ def test_compare_names_the_metric_epoch_and_environment_that_differ(tmp_path):
     df.loc[(df["batch_size"] == 64) & (df["epoch"] == 2), "test_acc"] += 1e-9
     df["env_host"] = "other"
     df.to_parquet(b / "trials.parquet")
-    text, same = report.compare(a, b)
+    text, same = writeup.compare(a, b)
     assert not same
     assert "test_acc: differs in 1 rows, first at epoch 2 of [batch_size=64 lr=1.0]" in text
     assert "environment host: h vs other" in text

@@ -89,9 +89,10 @@ def time_table(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, str]:
     per["peak memory MiB"] = ok.groupby("config", sort=False)[mem].max()
     if "cost_usd" in last and last["cost_usd"].notna().any():
         per["cost USD"] = last.groupby("config", sort=False)["cost_usd"].mean()
-    return per.round({"s/epoch": 2, "total train s": 1, "samples/s": 0, "final test acc %": 2,
-                      "final test F1 %": 2, "speedup": 2, "Δ acc (points)": 2,
-                      "peak memory MiB": 0, "cost USD": 5}), base
+    per = per.round({"s/epoch": 2, "total train s": 1, "samples/s": 0, "final test acc %": 2,
+                     "final test F1 %": 2, "speedup": 2, "Δ acc (points)": 2,
+                     "peak memory MiB": 0, "cost USD": 5})
+    return not_measured(per), base
 
 
 def baseline_config(df: pd.DataFrame, spec: Spec) -> str:
@@ -165,7 +166,8 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
         "threads": g["threads_per_worker"].first(),
         "gpu": g["use_gpu"].first(),
         "samples/s": g["samples_per_s"].mean().round(0),
-        "data wait %": (100 * g["data_time_s"].sum() / g["epoch_time_s"].sum()).round(1),
+        "data wait %": (100 * g["data_time_s"].sum(min_count=1)
+                        / g["epoch_time_s"].sum()).round(1),
         "setup s": g["setup_time_s"].first().round(2),
         "wall s": g["wall_time_s"].max().round(1),
         "peak RSS MiB": g["peak_rss_mb"].max().round(0),
@@ -176,7 +178,14 @@ def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
         "GPU util %": g["gpu_util"].mean().round(0),
         "host": g["env_host"].first() if "env_host" in rows else "",
     })
-    return out.dropna(axis=1, how="all")
+    # GPU-only columns go on a CPU sweep; a figure a trial could not measure is said so.
+    gpu_only = ["peak CUDA MiB", "MFU %", "GPU util %"]
+    return not_measured(out.drop(columns=[c for c in gpu_only if out[c].isna().all()]))
+
+
+def not_measured(table: pd.DataFrame) -> pd.DataFrame:
+    """NaN cells of measured figures, written as such: never a 0 or a blank."""
+    return table.astype(object).where(table.notna(), "not measured")
 
 
 def recovered_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -189,6 +198,14 @@ def recovered_table(df: pd.DataFrame) -> pd.DataFrame:
                         "last restart's error": g["retry_error"].last().astype(object).fillna("")})
     hit = (out["restarts"].fillna(0) > 0) | (out["resumed from epoch"].fillna(0) > 0)
     return out[hit]
+
+
+def _trains(spec: Spec) -> str:
+    if spec.script is not None:
+        return f"trained by the user's script (`{spec.script.command}`)"
+    if spec.train.function is not None:
+        return f"trained by the user's function `{spec.train.function}`"
+    return f"dataset: {spec.data.dataset}"
 
 
 def _notes(*names: str) -> str:
@@ -355,7 +372,7 @@ def build(run_dir: Path) -> Path:
     if spec.description:
         md.append(spec.description.strip() + "\n")
     md.append(f"{n_trials} trials ({status}); search: {spec.search.method}, "
-              f"scheduler: {spec.search.scheduler}; dataset: {spec.data.dataset}; "
+              f"scheduler: {spec.search.scheduler}; {_trains(spec)}; "
               f"objectives: {', '.join(f'{k} ({v})' for k, v in spec.search.objectives.items())}.\n")
     if counts.get("INTERRUPTED", 0):
         md.append(f"**Interrupted**: a signal stopped the sweep before "

@@ -1,0 +1,221 @@
+"""Tiers 2 and 3: a trial whose training is the user's own process. Its command (the
+spec's template, or `python -m raytune_ctr.function` for a training function) runs
+natively or in the project's image (resources.container), under torchrun for
+several workers with rank 0's output read. Each epoch its output gives (output.py)
+goes to Tune; stopping the trial ends the process tree (and the container).
+
+What it measures, and what it cannot, is in docs/own-code.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from raytune_ctr import fingerprint, output, reporter, trace
+from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
+
+PYTHONS = ("python", "python3")
+
+
+class ProcessFailed(RuntimeError):
+    """The user's process exited non-zero or gave no epoch: one line saying why."""
+
+
+def fields(train: TrainSpec, res: ResourceSpec) -> dict:
+    """What a command's placeholders and a training function see: every train and
+    resources field of the trial (lists, not tuples, as JSON has them)."""
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(train) | dataclasses.asdict(res)))
+
+
+def command(spec: Spec, train: TrainSpec, res: ResourceSpec) -> list[str]:
+    """The trial's command line, before the python and container it runs under."""
+    if spec.runner == "function":
+        argv = ["python", "-m", "raytune_ctr.function", str(train.function)]
+    else:
+        assert spec.script is not None
+        argv = shlex.split(spec.script.command.format(**fields(train, res)))
+    if res.num_workers > 1:  # torchrun in this python; rank 0's output only
+        argv = ["python", "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(res.num_workers), "--local-ranks-filter", "0", *argv[1:]]
+    return argv
+
+
+def shown(spec: Spec, train: TrainSpec, res: ResourceSpec) -> str:
+    """The command as --dry-run prints it."""
+    argv = command(spec, train, res)
+    where = f"docker run {spec.script.image if spec.script else 'raytune-ctr:latest'} " \
+        if res.container else ""
+    return where + shlex.join(argv)
+
+
+def workdir(spec: Spec) -> Path:
+    """The working folder: script.folder, else `code:`. On a cluster node where that
+    path is not, the trial runs in Ray's copy of `code:` (its working_dir, the
+    trial's current folder)."""
+    name = (spec.script.folder if spec.script else None) or spec.code
+    if name is None:
+        return Path.cwd()
+    path = Path(name)
+    return path if path.is_dir() else Path.cwd()
+
+
+def run(spec: Spec, job: dict, extra: dict) -> None:
+    """Tune's function body for a tier-2 or tier-3 trial."""
+    from ray import tune
+
+    train, res = job["train"], job["resources"]
+    out = Path(tempfile.mkdtemp(prefix="raytune_ctr-"))
+    try:
+        offset = {"epoch": 0, "train_time_s": 0.0, "wall_time_s": 0.0}
+        env = _env(spec, train, res, out)
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:  # a restart: the function resumes from its last folder
+            resume = Path(ckpt.to_directory(str(out / "resume")))
+            offset |= json.loads((resume / reporter.META).read_text())
+            env[reporter.RESUME_ENV] = str(resume)
+        _run(spec, job, extra, out, env, offset)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _env(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path) -> dict[str, str]:
+    config = out / "config.json"
+    config.write_text(json.dumps(fields(train, res)))
+    cwd = workdir(spec)
+    paths = [str(cwd), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, reporter.CONFIG_ENV: str(config), reporter.OUT_ENV: str(out),
+            "PYTHONUNBUFFERED": "1",  # an epoch's line arrives when printed, not when a buffer fills
+            "OMP_NUM_THREADS": str(res.threads), "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _launch(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path,
+            env: dict[str, str]) -> tuple[list[str], str | None]:
+    """The argv to start, and the container's name when it runs in one."""
+    argv = command(spec, train, res)
+    if not res.container:
+        return ([sys.executable, *argv[1:]] if argv[0] in PYTHONS else argv), None
+    image = spec.script.image if spec.script else "raytune-ctr:latest"
+    name = f"raytune-ctr-{uuid.uuid4().hex[:12]}"
+    cwd = str(workdir(spec))
+    ours = {k: env[k] for k in (reporter.CONFIG_ENV, reporter.OUT_ENV, reporter.RESUME_ENV,
+                                "PYTHONUNBUFFERED", "OMP_NUM_THREADS") if k in env}
+    docker = ["docker", "run", "--rm", "--init", "--name", name,
+              "--user", f"{os.getuid()}:{os.getgid()}", "--cpus", f"{res.num_workers * res.worker_cpus:g}",
+              "--shm-size", "1g", "-e", "HOME=/tmp", "-e", f"PYTHONPATH={cwd}",
+              *[a for k, v in ours.items() for a in ("-e", f"{k}={v}")],
+              "-v", f"{cwd}:{cwd}", "-v", f"{out}:{out}", "-w", cwd]
+    if res.use_gpu:
+        docker += ["--gpus", f"device={os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"]
+    return [*docker, "--entrypoint", argv[0], image, *argv[1:]], name
+
+
+def _run(spec: Spec, job: dict, extra: dict, out: Path, env: dict[str, str],
+         offset: dict) -> None:
+    train, res = job["train"], job["resources"]
+    argv, container = _launch(spec, train, res, out, env)
+    who = "train.function" if spec.runner == "function" else "script.command"
+    reader = output.Reader(output.compile_metrics(spec.script.metrics) if spec.script else {},
+                           first_epoch=offset["epoch"])
+    trace.mark("process_start")
+    proc = subprocess.Popen(argv, cwd=workdir(spec), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
+                            start_new_session=True)  # its own group: ending it ends every rank
+    tail: collections.deque[str] = collections.deque(maxlen=5)
+    errs = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    errs.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            epoch = reader.feed(line)
+            if epoch is not None:
+                _report(spec, job, extra, epoch, offset, reader, who)
+        code = proc.wait()
+        errs.join(5)
+    finally:
+        _end(proc, container)
+    if code != 0:
+        last = " | ".join(tail) or "nothing on stderr"
+        raise ProcessFailed(f"{who} exited with {code}: {last}")
+    if reader.epochs == 0:
+        first = next(iter(spec.script.metrics)) if spec.script else None
+        what = f"script.metrics.{first}" if first else "raytune_ctr.report (it never reported)"
+        raise ProcessFailed(reader.silent(what))
+
+
+def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
+            reader: output.Reader, who: str) -> None:
+    from ray import tune
+
+    folder = epoch.pop("checkpoint", None)
+    missing = [m for m in spec.search.objectives if m not in epoch and m not in output.TIMED]
+    if missing:
+        raise ProcessFailed(f"{who}: epoch {epoch['epoch']} reported no {', '.join(missing)} "
+                            f"(it reported {', '.join(sorted(epoch))})")
+    train_s = offset["train_time_s"] + reader.train_s
+    wall_s = offset["wall_time_s"] + time.monotonic() - reader.started
+    metrics = epoch | {"train_time_s": train_s, "wall_time_s": wall_s,
+                       "resumed_from_epoch": offset["epoch"]}
+    if job["hour_usd"] is not None:
+        metrics["cost_usd"] = wall_s / 3600 * job["hour_usd"]
+    res = job["resources"]
+    image = (spec.script.image if spec.script else "raytune-ctr:latest") if res.container else None
+    metrics |= {f"env_{k}": v for k, v in fingerprint.process(image, res.use_gpu).items()}
+    metrics |= {"ended_at": time.time()} | extra
+    trace.mark("epoch_read")
+    if folder is None:
+        tune.report(metrics)
+        return
+    Path(folder, reporter.META).write_text(json.dumps(
+        {"epoch": metrics["epoch"], "train_time_s": train_s, "wall_time_s": wall_s}))
+    try:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _drain(stream, tail: collections.deque) -> None:
+    for line in stream:
+        if line.strip():
+            tail.append(line.rstrip()[-300:])
+        sys.stderr.write(line)
+
+
+def _end(proc: subprocess.Popen, container: str | None) -> None:
+    """End the process tree (every rank), and the container: killing `docker run`
+    leaves it running."""
+    if container is not None:
+        subprocess.run(["docker", "kill", container], capture_output=True, timeout=60, check=False)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 5.0
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        while _alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def _alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reaps the leader: a zombie still counts as the group's
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -44,6 +44,9 @@ def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s of one worker's device, for MFU; overrides "
                    "resources.peak_tflops and the known-GPU table")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the spec, print the commands (or configurations) the sweep "
+                   "would run and what the metric regexes read from script.sample; run nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray worker logs")
     return p
 
@@ -100,6 +103,11 @@ def sweep(args: argparse.Namespace) -> int:
                 for section, values in flags.items()})
             if args.smoke:
                 spec = spec_lib.smoke(spec)
+            if args.dry_run:
+                from raytune_ctr import script
+
+                print(script.dry_run(spec))
+                return 0
             name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             where = Results.new(args.storage_path, name)
             outcome = sweep_lib.run(spec, where, address=args.address, verbose=args.verbose)

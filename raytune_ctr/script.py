@@ -24,12 +24,12 @@ import uuid
 from pathlib import Path
 
 from raytune_ctr import fingerprint, output, reporter, trace
-from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
+from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec, all_trials
 
 PYTHONS = ("python", "python3")
 
 
-class ProcessFailed(RuntimeError):
+class UserProcessError(RuntimeError):
     """The user's process exited non-zero or gave no epoch: one line saying why."""
 
 
@@ -60,6 +60,33 @@ def shown(spec: Spec, train: TrainSpec, res: ResourceSpec) -> str:
     where = f"docker run {spec.script.image if spec.script else 'raytune-ctr:latest'} " \
         if res.container else ""
     return where + shlex.join(argv)
+
+
+def dry_run(spec: Spec) -> str:
+    """What --dry-run prints: each trial's command (or, for our loop, its fields that
+    differ), and what each metric reads from the spec's sample lines."""
+    s = spec.search
+    if s.method == "grid":
+        head = f"{len(spec.grid_points()) * s.num_samples} trials ({s.num_samples} per point):"
+    else:
+        head = (f"{s.num_samples} trials, chosen by the {s.method} search as it runs; the "
+                "space's corners and points:")
+    lines = [head]
+    for train, res in all_trials(spec):
+        if spec.runner == "loop":
+            fields_ = {k: getattr(train if k in train.__dataclass_fields__ else res, k)
+                       for k in spec.searched_keys()}
+            lines.append("  our loop: " + " ".join(f"{k}={v}" for k, v in fields_.items()))
+        else:
+            lines.append(f"  in {workdir(spec)}: {shown(spec, train, res)}")
+    if spec.script is not None:
+        patterns = output.compile_metrics(spec.script.metrics)
+        found = output.check_samples(patterns, spec.script.sample)
+        if not spec.script.sample:
+            lines.append("no script.sample to test the metrics against")
+        for name, v in found.items():
+            lines.append(f"script.metrics.{name} reads {v:g} from the sample")
+    return "\n".join(lines)
 
 
 def workdir(spec: Spec) -> Path:
@@ -149,11 +176,11 @@ def _run(spec: Spec, job: dict, extra: dict, out: Path, env: dict[str, str],
         _end(proc, container)
     if code != 0:
         last = " | ".join(tail) or "nothing on stderr"
-        raise ProcessFailed(f"{who} exited with {code}: {last}")
+        raise UserProcessError(f"{who} exited with {code}: {last}")
     if reader.epochs == 0:
         first = next(iter(spec.script.metrics)) if spec.script else None
         what = f"script.metrics.{first}" if first else "raytune_ctr.report (it never reported)"
-        raise ProcessFailed(reader.silent(what))
+        raise UserProcessError(reader.silent(what))
 
 
 def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
@@ -163,7 +190,7 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
     folder = epoch.pop("checkpoint", None)
     missing = [m for m in spec.search.objectives if m not in epoch and m not in output.TIMED]
     if missing:
-        raise ProcessFailed(f"{who}: epoch {epoch['epoch']} reported no {', '.join(missing)} "
+        raise UserProcessError(f"{who}: epoch {epoch['epoch']} reported no {', '.join(missing)} "
                             f"(it reported {', '.join(sorted(epoch))})")
     train_s = offset["train_time_s"] + reader.train_s
     wall_s = offset["wall_time_s"] + time.monotonic() - reader.started

@@ -519,6 +519,11 @@ def _check(spec: Spec, saved: bool = False) -> None:
             raise SpecError(f"search.objectives.{metric}", why)
     if s.scheduler == "asha" and s.asha.time_attr == "train_time_s" and s.asha.max_t is None:
         raise SpecError("search.asha.max_t", "is required (in seconds) when time_attr is train_time_s")
+    if s.scheduler == "asha":
+        max_t = s.asha.max_t if s.asha.max_t is not None else max(t.epochs for t, _ in trials)
+        if s.asha.grace_period > max_t:
+            raise SpecError("search.asha.grace_period", f"must be at most max_t ({max_t:g}; by "
+                            "default the largest epochs)", s.asha.grace_period)
     for _, res in trials:
         if res.cpus_per_worker is not None and res.cpus_per_trial is not None:
             raise SpecError("resources.cpus_per_trial", "set it or cpus_per_worker, not both",
@@ -710,7 +715,8 @@ def smoke(spec: Spec) -> Spec:
             space={k: v for k, v in s.space.items() if k not in drop},
             points=tuple({k: v for k, v in p.items() if k not in drop} for p in s.points[:2]))
     if search.scheduler == "asha" and search.asha.time_attr == "epoch":
-        search = dataclasses.replace(search, asha=dataclasses.replace(search.asha, max_t=1.0))
+        search = dataclasses.replace(search, asha=dataclasses.replace(
+            search.asha, max_t=1.0, grace_period=min(search.asha.grace_period, 1.0)))
     d = dataclasses.replace(spec.data, subset=min(spec.data.subset or 512, 512),
                             num_samples=min(spec.data.num_samples, 512))
     small = dataclasses.replace(spec, name=f"{spec.name}-smoke", data=d, search=search,

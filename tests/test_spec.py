@@ -73,6 +73,8 @@ BAD = [
     ({"search": {"objectives": {"test_acc": "up"}}}, "search.objectives.test_acc", "'up'"),
     ({"search": {"scheduler": "asha", "asha": {"time_attr": "train_time_s"}}},
      "search.asha.max_t", "required"),
+    ({"train": {"epochs": 3}, "search": {"scheduler": "asha", "asha": {"grace_period": 4.0}}},
+     "search.asha.grace_period", "at most max_t (3"),
     ({"search": {"method": "random"}}, "search.space", "at least one dimension"),
     ({"train": {"batch_size": 2}, "resources": {"num_workers": 4}}, "train.batch_size", "2"),
     ({"train": "fast"}, "train", "'fast'"),

@@ -140,7 +140,7 @@ def _launch(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path,
     cwd = str(workdir(spec))
     ours = {k: env[k] for k in (reporter.CONFIG_ENV, reporter.OUT_ENV, reporter.RESUME_ENV,
                                 "PYTHONUNBUFFERED", "OMP_NUM_THREADS") if k in env}
-    docker = ["docker", "run", "--rm", "--init", "--name", name,
+    docker = ["docker", "run", "--rm", "--init", "--name", name, "--label", "raytune-ctr.trial",
               "--user", f"{os.getuid()}:{os.getgid()}", "--cpus", f"{res.num_workers * res.worker_cpus:g}",
               "--shm-size", "1g", "-e", "HOME=/tmp", "-e", f"PYTHONPATH={cwd}",
               *[a for k, v in ours.items() for a in ("-e", f"{k}={v}")],

@@ -290,3 +290,36 @@ def test_the_tier2_example_with_ddp_and_asha_then_a_restart_resumes(tmp_path):
     assert row["status"] == "COMPLETED" and row["epoch"] == 4
     assert row["retries"] == 1 and row["resumed_from_epoch"] == 2
     assert sorted(df["epoch"].dropna().astype(int).unique()) == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def image():
+    try:
+        found = subprocess.run(["docker", "image", "inspect", "raytune-ctr:latest"],
+                               capture_output=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        pytest.skip("no docker client or engine (apt-get install docker.io; dockerd &)")
+    if found.returncode != 0:
+        pytest.skip("image raytune-ctr:latest not built (.ci/docker.sh)")
+
+
+@pytest.mark.ray
+@pytest.mark.docker
+def test_the_tier3_example_runs_in_the_image_with_1_and_2_workers(tmp_path, image):
+    """resources.container: the same script, unchanged, in the project's image; the
+    containers are gone afterwards."""
+    mapping = spec_lib.read_yaml(ROOT / "experiments" / "configs" / "own_script.yaml")
+    mapping["code"] = str(MNIST)
+    mapping["train"]["epochs"] = 1
+    mapping["search"]["grid"] = {"batch_size": [32], "num_workers": [1, 2], "container": [True]}
+    mapping["report"]["baseline"] = {}
+    config = tmp_path / "in_image.yaml"
+    config.write_text(json.dumps(mapping))
+    proc, run = _sweep(tmp_path, config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = _trials(run)
+    assert (last["status"] == "COMPLETED").all() and sorted(last["num_workers"]) == [1, 2]
+    assert (last["env_image"] == "raytune-ctr:latest").all() and last["test_acc"].gt(10).all()
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=raytune-ctr.trial"],
+                          capture_output=True, text=True, timeout=60).stdout.split()
+    assert left == []

@@ -18,7 +18,7 @@ Ray. For each sweep it records:
     pools' start, the FLOP count and the tables (`efficiency`).
 
     python benchmarks/trial_overhead.py [--trials 4] [--epochs 2] [--workers 1 2]
-        [--quickstart] [--own-code] [--out FILE] [--smoke]
+        [--quickstart] [--own-code] [--script] [--out FILE] [--smoke]
 """
 
 from __future__ import annotations
@@ -183,15 +183,18 @@ def measure(spec_map: dict, trace: Path) -> dict:
 
     cpus = ray.cluster_resources().get("CPU", 1.0)
     last = df.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")
-    busy = df.groupby("trial_id")[["epoch_time_s", "eval_time_s"]].sum().sum(axis=1)
+    # A script's epoch (line to line) holds its evaluation; our loop times it apart.
+    timed = [c for c in ("epoch_time_s", "eval_time_s") if c in df]
+    busy = df.groupby("trial_id")[timed].sum().sum(axis=1)
     slots = last["num_workers"] * last["cpus_per_worker"]  # the CPUs each trial trained on
+    setup = df.groupby("trial_id")["setup_time_s"].max()  # a script's: on its first epoch
     trials, prev = [], stamps.tune_start or t0
     for tid in sorted(stamps.end, key=stamps.end.get):
         end, start = stamps.end[tid], stamps.start.get(tid, stamps.end[tid])
         trials.append({
             "trial_id": tid, "workers": int(last.loc[tid, "num_workers"]),
             "train_eval_s": round(float(busy[tid]), 3),
-            "setup_s": round(float(last.loc[tid, "setup_time_s"]), 3),
+            "setup_s": round(float(setup[tid]), 3),
             "before_start_s": round(start - prev, 3),
             "inside_s": round(end - start - float(busy[tid]), 3),
             "fixed_cost_s": round(end - prev - float(busy[tid]), 3),
@@ -215,6 +218,21 @@ def measure(spec_map: dict, trace: Path) -> dict:
         "phases": trace_phases(trace, t0),
         "processes": sampler.summary(),
         "actors": actors_by_class(),
+    }
+
+
+def script_series(name: str, workers: int, trials: int, epochs: int) -> dict:
+    """The same K trials as a tier-3 script: the example main.py (its own small conv
+    net on digits), run as a process per trial, torchrun for 2 workers."""
+    return {
+        "name": name, "code": str(ROOT / "experiments" / "own_code" / "mnist_script"),
+        "script": {"command": "python main.py --batch-size {batch_size} --lr {lr} --epochs "
+                              "{epochs} --seed {seed} --log-interval 1000",
+                   "metrics": {"test_acc": r"Accuracy: (?P<correct>\d+)/(?P<total>\d+)"}},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 1.0},
+        "resources": {"num_workers": workers, "cpus_per_worker": 1.0},
+        "search": {"method": "grid", "grid": {"seed": list(range(trials))},
+                   "max_concurrent": 1},
     }
 
 
@@ -245,11 +263,13 @@ def main() -> None:
                    help="also measure this study file (repeatable)")
     p.add_argument("--own-code", action="store_true",
                    help="after each built-in series, the same through import paths (tier 1)")
+    p.add_argument("--script", action="store_true",
+                   help="also each series as a tier-3 script (experiments/own_code/mnist_script)")
     p.add_argument("--smoke", action="store_true", help="2 trials of 1 epoch, 1 worker")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args()
     if args.smoke:  # the own-code series too, so the smoke covers its path
-        args.trials, args.epochs, args.workers, args.own_code = 2, 1, [1], True
+        args.trials, args.epochs, args.workers, args.own_code, args.script = 2, 1, [1], True, True
     if args.own_code:  # one local Ray serves every series: its workers need the folder
         from raytune_ctr import usercode
 
@@ -265,6 +285,9 @@ def main() -> None:
         if args.own_code:
             results.append(measure(series(f"overhead-own-{n}w", n, args.trials, args.epochs,
                                           str(tmp / "data"), own_code=True), trace))
+        if args.script:
+            results.append(measure(script_series(f"overhead-script-{n}w", n, args.trials,
+                                                 args.epochs), trace))
     configs = [*(["experiments/configs/quickstart.yaml"] if args.quickstart else []), *args.config]
     for path in configs:
         import yaml

@@ -328,7 +328,8 @@ def _start_coordinator(spec: Spec, where: Results):
     except ValueError:  # the name is taken
         raise SpecError("--name", "a sweep of that name is running on this Ray cluster",
                         where.name) from None
-    if len([n for n in ray.nodes() if n.get("Alive")]) == 1:
+    # A user's function or script runs its ranks itself (torchrun): no pool serves it.
+    if spec.runner == "loop" and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
         ip = ray.util.get_node_ip_address()
         worlds = {r.num_workers for r in spec_lib.all_resources(spec)
                   if r.num_workers > 1 and not r.use_gpu}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raytune_ctr import spec as spec_lib
+from raytune_ctr import checks
 from raytune_ctr import sweep as sweep_lib
 from raytune_ctr.results import Results
 
@@ -19,7 +19,7 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
     """Run a spec (a mapping) to completion the way the CLI does (`sweep.run`), on the
     local Ray (started on first use, kept for the next); return (trials table, wall
     seconds of the sweep: trials, pools, tables and report)."""
-    spec = spec_lib.from_dict(spec_map)
+    spec = checks.from_dict(spec_map)
     with tempfile.TemporaryDirectory() as tmp:
         where = Results(tmp, spec.name)
         sweep_lib.prepare_data(spec)

@@ -28,7 +28,7 @@ from pathlib import Path
 from _cluster import Head, settled
 from _common import SMOKE, emit
 
-from raytune_ctr import spec as spec_lib
+from raytune_ctr import checks
 from raytune_ctr import sweep as sweep_lib
 from raytune_ctr.results import Results
 
@@ -125,7 +125,7 @@ def main() -> int:
     head = Head(args.cpus)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            s = spec_lib.from_dict(spec(args))
+            s = checks.from_dict(spec(args))
             where = Results(tmp, s.name)
             sweep_lib.prepare_data(s)
             sweep_lib.connect(head.address)

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from _common import emit, steady, sweep
 
-from raytune_ctr import data, models
-from raytune_ctr import spec as spec_lib
+from raytune_ctr import checks, data, models
 from raytune_ctr.train import fit
 
 
@@ -77,7 +76,7 @@ def main() -> None:
                       "threads_per_worker": args.threads},
         "search": {"method": "grid"},
     }
-    spec = spec_lib.from_dict(spec_map)
+    spec = checks.from_dict(spec_map)
     ds = data.load(spec.data)
 
     def plain() -> list[float]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from _common import SMOKE, emit, sweep
 
+from raytune_ctr import checks
 from raytune_ctr import spec as spec_lib
 
 
@@ -29,7 +30,7 @@ def curve(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load(path: str, args) -> dict:
-    spec = spec_lib.load(path)
+    spec = checks.load(path)
     m = (spec_lib.smoke(spec) if args.smoke else spec).to_dict()
     if args.dataset:
         m["data"]["dataset"] = args.dataset

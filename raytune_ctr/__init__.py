@@ -7,10 +7,17 @@ epoch, and `checkpoint` to resume (docs/own-code.md).
 
 from raytune_ctr.errors import DataError, SpecError
 from raytune_ctr.reporter import checkpoint, config, report
-from raytune_ctr.spec import Spec, load
+from raytune_ctr.spec import Spec
 
 __all__ = ["DataError", "RAY_VERSION", "Spec", "SpecError", "checkpoint", "config", "load",
            "report"]
 __version__ = "0.1.0"
 # Declared once; tests check pyproject's pin, the images and the KubeRay manifests against it.
 RAY_VERSION = "2.60.0"
+
+
+def load(path, overrides=None) -> Spec:
+    """A spec file, checked whole: its names resolved too (checks.py; imports torch)."""
+    from raytune_ctr import checks
+
+    return checks.load(path, overrides)

@@ -98,7 +98,9 @@ def sweep(args: argparse.Namespace) -> int:
         else:
             flags = {"report": {"target_acc": args.target_acc},
                      "resources": {"peak_tflops": args.peak_tflops}}
-            spec = spec_lib.load(args.config or DEFAULT_CONFIG, overrides={
+            from raytune_ctr import checks  # imports torch: not for report or compare
+
+            spec = checks.load(args.config or DEFAULT_CONFIG, overrides={
                 section: {k: v for k, v in values.items() if v is not None}
                 for section, values in flags.items()})
             if args.smoke:

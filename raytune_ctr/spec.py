@@ -17,7 +17,6 @@ node prices, fixed for the sweep. Bad input raises `SpecError` with one line nam
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import itertools
@@ -535,31 +534,6 @@ def _check(spec: Spec, saved: bool = False) -> None:
         raise SpecError("resources.container", "runs a training function or a script (tiers 2 "
                         "and 3) in the image; our loop runs there through ray up "
                         "cluster/docker.yaml", True)
-    from raytune_ctr import data, models  # late: data and models import torch
-
-    own_data = usercode.is_path(spec.data.dataset)
-    # Before any import path is resolved; a saved spec's code is resolved when it runs
-    # (--resume), not to read its results.
-    with contextlib.suppress(SpecError) if saved else contextlib.nullcontext():
-        usercode.importable(spec.code)
-    shape = None if own_data and saved else data.input_shape(spec.data)
-    text = False if own_data else data.entry(spec.data.dataset).text
-    for m in candidates(spec)["model"]:
-        if saved and usercode.is_path(m):
-            continue
-        models.check(m, shape, key="train.model")
-        if (models.hf_source(m) is not None) != text:
-            raise SpecError("train.model", f"{'a text' if text else 'an image'} dataset "
-                            f"({spec.data.dataset}) needs {'a text' if text else 'an image'} "
-                            "model", m)
-    if text and True in candidates(spec)["channels_last"]:
-        raise SpecError("train.channels_last", "is for conv nets; text batches are token ids",
-                        True)
-    # A user's dataset is in memory when its factory returns tensors: known once loaded.
-    if spec.data.data_on_device is True and not own_data \
-            and not data.entry(spec.data.dataset).in_memory:
-        raise SpecError("data.data_on_device", f"needs an in-memory dataset, one of "
-                        f"{sorted(data.IN_MEMORY)}", True)
     for train, res in trials:
         if train.batch_size < res.num_workers:
             raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "
@@ -574,14 +548,10 @@ def _check_own_process(spec: Spec, saved: bool) -> None:
     if spec.script is not None and spec.train.function is not None:
         raise SpecError("train.function", "a spec runs a training function or a script, "
                         "not both", spec.train.function)
-    with contextlib.suppress(SpecError) if saved else contextlib.nullcontext():
-        usercode.importable(spec.code)
     if spec.script is None:
         name = str(spec.train.function)
         if not usercode.is_path(name):
             raise SpecError("train.function", "must be an import path, module:function", name)
-        if not saved:
-            usercode.resolve(name, "train.function")
         return
     sc = spec.script
     names = output.placeholders(sc.command)

@@ -68,7 +68,10 @@ def run(spec: Spec, where: Results, *, address: str | None = None,
 
 def resume(where: Results, *, address: str | None = None, verbose: bool = False) -> Outcome:
     """Go on with an interrupted sweep (`Results.interrupted`) with its saved spec."""
+    from raytune_ctr import usercode
+
     spec = results.load_spec(where.local)
+    usercode.importable(spec.code)  # its driver builds the user's models again
     if spec.search.method == "optuna" and not (where.local / results.OPTUNA_DB).is_file():
         # The searcher's trials live there; without them TPE would start over.
         raise SpecError("--resume", f"the Optuna study {where.local / results.OPTUNA_DB} is "

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ctr import data
+from raytune_ctr import checks, data
 from raytune_ctr.data import DataError
 from raytune_ctr.spec import DataSpec
 
@@ -118,7 +118,6 @@ def test_a_dataset_is_one_registry_entry(tmp_path, monkeypatch):
     """What the spec and the loader know of a dataset comes from its entry alone."""
     import torch
 
-    from raytune_ctr import spec as spec_lib
 
     assert data.TEXT == {"glue-mrpc"} and "imagefolder" not in data.IN_MEMORY
     monkeypatch.setitem(data.REGISTRY, "noise", None)  # restored after the test
@@ -128,5 +127,5 @@ def test_a_dataset_is_one_registry_entry(tmp_path, monkeypatch):
         x, y = torch.zeros(8, 1, 6, 6), torch.zeros(8, dtype=torch.long)
         return data.Datasets(data.TensorSet(x, y), data.TensorSet(x, y), (1, 6, 6), 2, "zeros")
 
-    s = spec_lib.from_dict({"data": {"dataset": "noise", "data_dir": str(tmp_path)}})
+    s = checks.from_dict({"data": {"dataset": "noise", "data_dir": str(tmp_path)}})
     assert data.load(s.data).source == "zeros" and data.input_shape(s.data) == (1, 6, 6)

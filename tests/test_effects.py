@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytune_ctr import effects
-from raytune_ctr import spec as spec_lib
+from raytune_ctr import checks, effects
 
 
 def study(n_per: int = 8, noise: float = 0.3, seed: int = 0):
@@ -27,7 +26,7 @@ def study(n_per: int = 8, noise: float = 0.3, seed: int = 0):
                              "test_acc": acc - (2 if epoch == 1 else 0), "train_time_s": t * epoch})
             i += 1
     df = pd.DataFrame(rows)
-    spec = spec_lib.from_dict({"search": {
+    spec = checks.from_dict({"search": {
         "method": "random", "num_samples": i, "objectives": {"test_acc": "max", "train_time_s": "min"},
         "space": {"batch_size": {"choice": [16, 32, 64, 128]}, "lr": {"uniform": [0.1, 1.0]},
                   "num_workers": {"choice": [1, 2]}}}})
@@ -114,7 +113,7 @@ def test_the_timeline_packs_overlapping_trials_into_slots():
 
 def test_a_sweep_without_searched_knobs_has_no_effects_and_no_error():
     df, _ = study(n_per=2)
-    spec = spec_lib.from_dict({"search": {"method": "grid"}})
+    spec = checks.from_dict({"search": {"method": "grid"}})
     assert effects.effects(df, spec).empty and effects.sentences(effects.effects(df, spec)) == []
     assert effects.importances(df, spec).empty and effects.marginal(df, spec).empty
 
@@ -163,7 +162,7 @@ def test_a_restarted_trial_is_a_run_per_start_on_the_timeline():
 
 
 def test_a_sweep_whose_every_trial_failed_gets_an_empty_study_not_an_error():
-    spec = spec_lib.from_dict({"search": {"method": "grid", "grid": {"lr": [0.1, 0.2]}}})
+    spec = checks.from_dict({"search": {"method": "grid", "grid": {"lr": [0.1, 0.2]}}})
     failed = pd.DataFrame({"lr": [np.nan, np.nan], "test_acc": [np.nan, np.nan],
                            "status": ["FAILED", "FAILED"]})
     assert len(effects.optuna_study(failed, spec).trials) == 0

@@ -58,3 +58,13 @@ def test_the_leaves_import_only_errors():
         assert ours == set(), f"{leaf} imports {sorted(ours)}"
     assert graph["raytune_ctr.errors"] == set() and graph["raytune_ctr.metrics"] == set()
     assert graph["raytune_ctr.usercode"] == {"raytune_ctr.errors"}
+    assert graph["raytune_ctr.output"] == {"raytune_ctr.errors", "raytune_ctr.reporter"}
+    assert graph["raytune_ctr.reporter"] == set()
+
+
+def test_the_spec_imports_no_registry_and_no_user_code():
+    """Names are resolved in checks.py, which imports data, models and usercode;
+    spec.py checks shapes and rules with leaves only."""
+    leaves = {"raytune_ctr.errors", "raytune_ctr.metrics", "raytune_ctr.output",
+              "raytune_ctr.usercode", "raytune_ctr.reporter"}
+    assert imports()["raytune_ctr.spec"] <= leaves

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from raytune_ctr import cli, data, models, usercode
+from raytune_ctr import checks, cli, data, models, usercode
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import SpecError
 
@@ -79,7 +79,7 @@ def code(tmp_path):
 
 
 def _spec(code, **sections):
-    return spec_lib.from_dict({"code": code, **sections})
+    return checks.from_dict({"code": code, **sections})
 
 
 def test_import_paths_and_registry_names_are_told_apart():
@@ -116,7 +116,7 @@ def test_code_must_be_a_folder(tmp_path):
 
 def test_without_code_the_package_does_not_import(code):
     with pytest.raises(SpecError, match="cannot import mine"):
-        spec_lib.from_dict({"train": {"model": "mine.nets:mlp"}})
+        checks.from_dict({"train": {"model": "mine.nets:mlp"}})
 
 
 @pytest.mark.parametrize("factory,classes,shape,kind", [
@@ -231,4 +231,4 @@ def test_a_results_folder_reads_without_the_users_code(code, tmp_path):
     again = spec_lib.load(tmp_path / "spec.yaml", saved=True)
     assert again.train.model == "mine.nets:mlp"
     with pytest.raises(SpecError, match="code: is not a folder"):
-        spec_lib.load(tmp_path / "spec.yaml")
+        checks.load(tmp_path / "spec.yaml")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raytune_ctr import cli, output, reporter, script
+from raytune_ctr import checks, cli, output, reporter, script
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import SpecError
 
@@ -123,7 +123,7 @@ def test_report_prints_one_tagged_line_on_rank_0_only(capsys, monkeypatch, tmp_p
 ])
 def test_bad_script_input_is_one_line_naming_the_key(changes, fragments):
     with pytest.raises(SpecError) as err:
-        spec_lib.from_dict(script_spec(**changes))
+        checks.from_dict(script_spec(**changes))
     msg = str(err.value)
     assert "\n" not in msg
     for f in fragments:
@@ -140,7 +140,7 @@ def test_bad_script_input_is_one_line_naming_the_key(changes, fragments):
 ])
 def test_bad_function_input_is_one_line_naming_the_key(mapping, fragments):
     with pytest.raises(SpecError) as err:
-        spec_lib.from_dict({"name": "f"} | mapping)
+        checks.from_dict({"name": "f"} | mapping)
     for f in fragments:
         assert f in str(err.value), str(err.value)
 

@@ -2,13 +2,12 @@
 
 import pytest
 
-from raytune_ctr import plan
-from raytune_ctr import spec as spec_lib
+from raytune_ctr import checks, plan
 from raytune_ctr.spec import ResourceSpec, SpecError
 
 
 def _spec(**resources_space):
-    return spec_lib.from_dict({"search": {"method": "random", "space": {
+    return checks.from_dict({"search": {"method": "random", "space": {
         k: {"choice": v} for k, v in resources_space.items()}}})
 
 
@@ -24,7 +23,7 @@ def test_plan_concurrency_never_oversubscribes_and_rejects_what_cannot_fit():
     with pytest.raises(SpecError, match="cpus_per_worker: no node has that many CPUs"):
         plan.concurrency(_spec(cpus_per_worker=[4.0]), {"CPU": 8.0},
                                   [{"CPU": 2.0}] * 4)
-    capped = spec_lib.from_dict({"search": {"max_concurrent": 1}})
+    capped = checks.from_dict({"search": {"max_concurrent": 1}})
     assert plan.concurrency(capped, {"CPU": 16.0}, [{"CPU": 16.0}]) == 1
 
 
@@ -37,7 +36,7 @@ def test_memory_requests_are_planned_per_node_and_rejected_when_they_never_fit()
     with pytest.raises(SpecError, match=r"resources.max_memory_gb: no node has that much memory"):
         plan.concurrency(_spec(max_memory_gb=[12.0]), cluster, nodes)
     # 3 workers x 6 GB: 18 GB fits the cluster's 20 in sum, but a trial's workers share a node.
-    three = spec_lib.from_dict({"resources": {"num_workers": 3, "max_memory_gb": 6.0},
+    three = checks.from_dict({"resources": {"num_workers": 3, "max_memory_gb": 6.0},
                                 "train": {"batch_size": 64}})
     with pytest.raises(SpecError, match=r"3 workers x 6 GB do not fit"):
         plan.concurrency(three, cluster, nodes)
@@ -49,12 +48,12 @@ def test_cpus_per_trial_splits_the_same_cpus_over_the_workers():
     one, two = (ResourceSpec(num_workers=n, cpus_per_trial=2.0) for n in (1, 2))
     assert (one.worker_cpus, one.threads) == (2.0, 2) and (two.worker_cpus, two.threads) == (1.0, 1)
     assert ResourceSpec().worker_cpus == 1.0  # neither set: one CPU per worker
-    q = spec_lib.load("experiments/configs/quickstart.yaml")
+    q = checks.load("experiments/configs/quickstart.yaml")
     # Every quickstart trial holds both cores of a 2-core machine: one at a time.
     assert plan.concurrency(q, {"CPU": 2.0}, [{"CPU": 2.0}]) == 1
     with pytest.raises(SpecError, match="resources.cpus_per_trial: set it or cpus_per_worker, "
                                         "not both, got 2.0"):
-        spec_lib.from_dict({"resources": {"cpus_per_trial": 2.0, "cpus_per_worker": 1.0}})
+        checks.from_dict({"resources": {"cpus_per_trial": 2.0, "cpus_per_worker": 1.0}})
 
 
 def test_a_multi_worker_trial_must_fit_one_node():

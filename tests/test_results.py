@@ -3,8 +3,7 @@
 import pandas as pd
 import pytest
 
-from raytune_ctr import results
-from raytune_ctr import spec as spec_lib
+from raytune_ctr import checks, results
 from raytune_ctr.results import Results
 from raytune_ctr.spec import SpecError
 
@@ -26,7 +25,7 @@ def test_collected_rows_write_to_parquet_with_or_without_prices(tmp_path):
                              metrics={"trial_id": "t1"}, error=None,
                              metrics_dataframe=pd.DataFrame([epoch]), filesystem=None)
     for cost in ({}, {"node_hour_usd": {"cpu": 0.4}, "node_cpus": 4.0}):
-        spec = spec_lib.from_dict({"cost": cost, "search": {"grid": {"lr": [0.5]}}})
+        spec = checks.from_dict({"cost": cost, "search": {"grid": {"lr": [0.5]}}})
         df = results.collect([result], spec)
         assert df["lr"].tolist() == [0.5] and "node_hour_usd" not in df  # prices: spec.yaml
         df.to_parquet(tmp_path / "trials.parquet")

@@ -7,8 +7,7 @@ import pickle
 import optuna
 import pytest
 
-from raytune_ctr import samplers, tuner
-from raytune_ctr import spec as spec_lib
+from raytune_ctr import checks, samplers, tuner
 from raytune_ctr.results import Results
 
 SPACE = {"lr": {"loguniform": [0.01, 1.0]}, "batch_size": {"choice": [32, 64]}}
@@ -22,7 +21,7 @@ SPECS = {
 
 
 def _searcher(tmp_path, search: dict):
-    spec = spec_lib.from_dict({"name": "s", "search": search})
+    spec = checks.from_dict({"name": "s", "search": search})
     where = Results(str(tmp_path), "s")
     where.local.mkdir(parents=True, exist_ok=True)
     space, searcher, num_samples = tuner._search(spec, where, concurrency=2)

@@ -2,24 +2,25 @@ import dataclasses
 
 import pytest
 
+from raytune_ctr import checks
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.spec import SpecError
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
-    s = spec_lib.from_dict({})
+    s = checks.from_dict({})
     spec_lib.dump(s, tmp_path / "s.yaml")
-    assert spec_lib.load(tmp_path / "s.yaml") == s
+    assert checks.load(tmp_path / "s.yaml") == s
 
 
 @pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("experiments/configs").glob("*.yaml")))
 def test_every_experiment_file_loads(path):
-    s = spec_lib.load(path)
+    s = checks.load(path)
     assert s.name and s.search.objectives
 
 
 def test_quickstart_meets_its_promises():
-    s = spec_lib.load("experiments/configs/quickstart.yaml")
+    s = checks.load("experiments/configs/quickstart.yaml")
     assert s.data.dataset == "digits"
     assert s.search.num_samples >= 8
     assert set(s.search.space["num_workers"].choice) == {1, 2}
@@ -27,14 +28,14 @@ def test_quickstart_meets_its_promises():
 
 
 def test_s1_has_the_five_hand_run_configs():
-    s = spec_lib.load("experiments/configs/s1_batch_lr.yaml")
+    s = checks.load("experiments/configs/s1_batch_lr.yaml")
     got = [(p["batch_size"], p["lr"]) for p in s.grid_points()]
     assert got == [(32, 1.0), (64, 1.0), (128, 1.0), (128, 1.5), (32, 0.5)]
     assert s.train.model == "mnist_cnn" and s.train.optimizer == "adadelta" and s.train.gamma == 0.7
 
 
 def test_grid_is_product_then_points():
-    s = spec_lib.from_dict({"search": {"grid": {"batch_size": [32, 64], "lr": [0.5, 1.0]},
+    s = checks.from_dict({"search": {"grid": {"batch_size": [32, 64], "lr": [0.5, 1.0]},
                                        "points": [{"batch_size": 8}]}})
     assert s.grid_points() == [{"batch_size": 32, "lr": 0.5}, {"batch_size": 32, "lr": 1.0},
                                {"batch_size": 64, "lr": 0.5}, {"batch_size": 64, "lr": 1.0},
@@ -98,7 +99,7 @@ BAD = [
 @pytest.mark.parametrize("mapping,key,fragment", BAD)
 def test_bad_spec_names_key_and_value_on_one_line(mapping, key, fragment):
     with pytest.raises(SpecError) as e:
-        spec_lib.from_dict(mapping)
+        checks.from_dict(mapping)
     msg = str(e.value)
     assert msg.startswith(key + ":"), msg
     assert fragment in msg, msg
@@ -108,41 +109,41 @@ def test_bad_spec_names_key_and_value_on_one_line(mapping, key, fragment):
 def test_command_line_overrides_are_validated_with_the_file(write_spec):
     path = write_spec("search: {objectives: {mfu: max}}\n")
     with pytest.raises(SpecError, match="search.objectives.mfu: is measured on a GPU only"):
-        spec_lib.load(path)
+        checks.load(path)
     # A peak given on the command line makes MFU measurable on the CPU.
-    s = spec_lib.load(path, overrides={"resources": {"peak_tflops": 1.5}, "report": {}})
+    s = checks.load(path, overrides={"resources": {"peak_tflops": 1.5}, "report": {}})
     assert s.resources.peak_tflops == 1.5
 
 
 def test_bad_yaml_and_missing_file(write_spec, tmp_path):
     with pytest.raises(SpecError, match="is not valid YAML at line 3"):
-        spec_lib.load(write_spec("train:\n  lr: [1,\n"))
+        checks.load(write_spec("train:\n  lr: [1,\n"))
     with pytest.raises(SpecError, match="no such file"):
-        spec_lib.load(tmp_path / "missing.yaml")
+        checks.load(tmp_path / "missing.yaml")
 
 
 def test_specs_are_frozen():
-    s = spec_lib.from_dict({})
+    s = checks.from_dict({})
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.train.lr = 2.0  # type: ignore[misc]
 
 
 def test_text_datasets_take_text_models_without_channels_last():
     with pytest.raises(SpecError, match="train.channels_last: is for conv nets"):
-        spec_lib.from_dict({"data": {"dataset": "glue-mrpc"},
+        checks.from_dict({"data": {"dataset": "glue-mrpc"},
                             "train": {"model": "distilbert-base-uncased", "channels_last": True}})
     with pytest.raises(SpecError, match="an image dataset .digits. needs an image model"):
-        spec_lib.from_dict({"train": {"model": "hf:/some/folder"}})
+        checks.from_dict({"train": {"model": "hf:/some/folder"}})
 
 
 def test_smoke_keeps_two_configs_one_epoch_small_data():
-    s = spec_lib.load("experiments/configs/s2_epochs_lr_batch.yaml")
+    s = checks.load("experiments/configs/s2_epochs_lr_batch.yaml")
     small = spec_lib.smoke(s)
     assert small.train.epochs == 1 and small.data.subset == 512
     assert small.grid_points() == [{}, {}]  # epochs, the only searched key here, is pinned
-    q = spec_lib.smoke(spec_lib.load("experiments/configs/quickstart.yaml"))
+    q = spec_lib.smoke(checks.load("experiments/configs/quickstart.yaml"))
     assert q.search.num_samples == 2 and "epochs" not in q.search.space
-    spec_lib.from_dict(q.to_dict())  # still a valid spec
+    checks.from_dict(q.to_dict())  # still a valid spec
 
 
 @pytest.mark.parametrize("kw,share", [
@@ -180,7 +181,7 @@ def test_a_trial_pays_its_share_of_a_node(kw, share):
 ])
 def test_a_baseline_no_trial_can_match_is_refused_before_any_compute(search, baseline, fragments):
     with pytest.raises(SpecError) as err:
-        spec_lib.from_dict({"search": search, "report": {"baseline": baseline}})
+        checks.from_dict({"search": search, "report": {"baseline": baseline}})
     for f in fragments:
         assert f in str(err.value), str(err.value)
 
@@ -193,7 +194,7 @@ def test_a_baseline_no_trial_can_match_is_refused_before_any_compute(search, bas
     ({"method": "optuna", "space": {"batch_size": {"choice": [32, 64]}}}, {"batch_size": 32}),
 ])
 def test_a_baseline_the_sweep_can_run_is_accepted(search, baseline):
-    s = spec_lib.from_dict({"search": search, "report": {"baseline": baseline}})
+    s = checks.from_dict({"search": search, "report": {"baseline": baseline}})
     assert s.report.baseline == baseline
 
 
@@ -201,15 +202,15 @@ def test_every_study_file_still_checks_after_smoke():
     """--smoke keeps two configurations: a baseline among those left out is dropped
     (the report then compares against the first), never an error."""
     for path in sorted(__import__("pathlib").Path("experiments/configs").glob("*.yaml")):
-        small = spec_lib.smoke(spec_lib.load(path))
-        assert spec_lib.from_dict(small.to_dict()) == small, path
-    wide = spec_lib.load("experiments/configs/s1_wide_grid.yaml")
+        small = spec_lib.smoke(checks.load(path))
+        assert checks.from_dict(small.to_dict()) == small, path
+    wide = checks.load("experiments/configs/s1_wide_grid.yaml")
     assert wide.report.baseline and spec_lib.smoke(wide).report.baseline == {}
 
 
 def test_a_null_baseline_in_a_range_is_one_line():
     with pytest.raises(SpecError, match="report.baseline.threads_per_worker: is outside"):
-        spec_lib.from_dict({"search": {"method": "random", "space": {
+        checks.from_dict({"search": {"method": "random", "space": {
             "threads_per_worker": {"randint": [1, 4]}}},
             "report": {"baseline": {"threads_per_worker": None}}})
 
@@ -220,4 +221,4 @@ def test_a_saved_spec_whose_baseline_matches_nothing_still_reads(tmp_path):
         "search: {grid: {lr: [0.1, 0.2]}}\nreport: {baseline: {lr: 0.3}}\n")
     assert spec_lib.load(tmp_path / "spec.yaml", saved=True).report.baseline == {"lr": 0.3}
     with pytest.raises(SpecError, match="report.baseline"):
-        spec_lib.load(tmp_path / "spec.yaml")
+        checks.load(tmp_path / "spec.yaml")

@@ -6,6 +6,7 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from raytune_ctr import checks
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.spec import SpecError
 
@@ -30,7 +31,7 @@ specs = st.dictionaries(st.sampled_from([*SECTIONS, "name", "bogus"]),
 @given(specs)
 def test_any_mapping_loads_or_fails_with_one_line(mapping):
     try:
-        spec_lib.from_dict(mapping)
+        checks.from_dict(mapping)
     except SpecError as err:
         msg = str(err)
         assert "\n" not in msg and ": " in msg, msg
@@ -39,7 +40,7 @@ def test_any_mapping_loads_or_fails_with_one_line(mapping):
                                                    "description"}, msg
 
 
-QUICKSTART = spec_lib.load("experiments/configs/quickstart.yaml").to_dict()
+QUICKSTART = checks.load("experiments/configs/quickstart.yaml").to_dict()
 PATHS = [(s, k) for s in SECTIONS for k in QUICKSTART[s]] + [
     ("search", "space"), ("search", "grid"), ("search", "points"), ("search", "asha")]
 
@@ -52,7 +53,7 @@ def test_one_bad_field_in_a_good_spec_is_named(path, value, method):
     section, key = path
     mapping[section][key] = value
     try:
-        spec_lib.from_dict(mapping)
+        checks.from_dict(mapping)
     except SpecError as err:
         assert "\n" not in str(err)
         assert str(err).startswith(("search", section, "train.batch_size")), str(err)
@@ -63,7 +64,7 @@ def test_one_bad_field_in_a_good_spec_is_named(path, value, method):
 def _load_text(tmp_path_factory, raw: bytes):
     path = tmp_path_factory.mktemp("spec") / "spec.yaml"
     path.write_bytes(raw)
-    return path, spec_lib.load(path)
+    return path, checks.load(path)
 
 
 def _one_line(err: SpecError) -> str:
@@ -177,7 +178,7 @@ def test_empty_or_whitespace_files_are_refused(tmp_path_factory, blank, comment)
                  st.text(max_size=6).map(lambda t: t + "/" + t)))
 def test_names_that_are_not_a_folder_name_are_refused(name):
     try:
-        spec_lib.from_dict({"name": name})
+        checks.from_dict({"name": name})
     except SpecError as err:
         assert _one_line(err).startswith("name: must be a plain folder name"), str(err)
     else:
@@ -192,6 +193,6 @@ def test_nested_yaml_aliases_are_walked_once(tmp_path):
     path = tmp_path / "laughs.yaml"
     path.write_text("\n".join(lines) + "\n")
     try:
-        spec_lib.load(path)
+        checks.load(path)
     except SpecError as err:
         assert "a0" in str(err) and "\n" not in str(err)  # not a spec key

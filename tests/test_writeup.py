@@ -2,13 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytune_ctr import results, writeup
+from raytune_ctr import checks, results, writeup
 from raytune_ctr import spec as spec_lib
 
 
 def fake_results(tmp_path, spec_map):
     """A results folder with made-up rows, shaped like results.collect's output."""
-    spec = spec_lib.from_dict(spec_map)
+    spec = checks.from_dict(spec_map)
     rows = []
     #        batch, lr, acc by epoch,        s/epoch, status
     trials = [(32, 1.0, [97.0, 98.5, 99.0], 50.0, "COMPLETED"),

@@ -7,13 +7,16 @@ compute, and script.py runs it.
 
 from __future__ import annotations
 
+import math
 import re
+import shlex
 import string
 import time
 from collections.abc import Callable
 
 from raytune_ctr import reporter
 from raytune_ctr.errors import SpecError, one_line
+from raytune_ctr.metrics import METRICS
 
 # Measured by the runner, not read from the output.
 TIMED = ("epoch", "epoch_time_s", "train_time_s", "wall_time_s", "cost_usd")
@@ -27,11 +30,24 @@ def placeholders(template: str, key: str = "script.command") -> list[str]:
     except ValueError as err:
         raise SpecError(key, f"is not a template ({err}); write a literal brace as {{{{ or }}}}",
                         template) from None
+    fields = []
     for f in names:
-        if not f.isidentifier():
+        name = f.split("[", 1)[0].split(".", 1)[0]  # {hidden[0]} names hidden
+        if not name.isidentifier():
             raise SpecError(key, f"{{{f}}} is not a field name; use {{batch_size}}, {{lr}}, ...",
                             template)
-    return list(dict.fromkeys(names))
+        fields.append(name)
+    return list(dict.fromkeys(fields))
+
+
+def render(template: str, fields: dict, key: str = "script.command") -> list[str]:
+    """The command line of one trial: the template's placeholders filled from its
+    fields (JSON types: lists, not tuples), split as a shell would."""
+    try:
+        return shlex.split(template.format(**fields))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+        raise SpecError(key, f"cannot be filled from the trial's fields ({type(err).__name__}: "
+                        f"{one_line(err)})", template) from None
 
 
 def compile_metrics(metrics: dict[str, str]) -> dict[str, re.Pattern]:
@@ -40,6 +56,8 @@ def compile_metrics(metrics: dict[str, str]) -> dict[str, re.Pattern]:
     out = {}
     for name, text in metrics.items():
         key = f"script.metrics.{name}"
+        if name not in METRICS:
+            raise SpecError(key, f"unknown metric; one of {sorted(set(METRICS) - set(TIMED))}")
         if name in TIMED:
             raise SpecError(key, "is measured by raytune_ctr (the time between matching "
                             "lines), not read from the output")
@@ -104,17 +122,19 @@ class Reader:
         self.lines = 0
         self.last_line = ""
 
-    def feed(self, line: str) -> dict | None:
+    def feed(self, line: str, at: float | None = None) -> dict | None:
+        """`at`: when the line arrived (default: now)."""
+        now = self.clock() if at is None else at
         line = line.rstrip("\n")
         self.lines += 1
         if line.strip():
             self.last_line = line
         obj = reporter.tagged(line)
         if obj is not None and obj.get("event") == "start":  # the function is called
-            self._set_up()
+            self._set_up(now)
             return None
         if obj is not None:
-            return self._epoch({k: (float("nan") if v is None else v) for k, v in obj.items()})
+            return self._epoch({k: (float("nan") if v is None else v) for k, v in obj.items()}, now)
         ends = False
         for name, pattern in self.patterns.items():  # every metric on the line, then the epoch
             m = pattern.search(line)
@@ -126,22 +146,23 @@ class Reader:
                 ends = ends or name == self.first
         if ends:
             got, self.pending = self.pending, {}
-            return self._epoch(got)
+            return self._epoch(got, now)
         if self.epochs == 0 and line.strip():
-            self._set_up()
+            self._set_up(now)
         return None
 
-    def _set_up(self) -> None:
+    def _set_up(self, now: float) -> None:
         """Start-up ends at the first line a script prints (pytorch/examples print
         the first batch's loss), or when a training function is called; the first
         epoch's time counts from here, as our loop's does from its set-up's end."""
         if self.setup_s is None:
-            self.last = self.clock()
-            self.setup_s = self.last - self.started
+            self.last = now
+            self.setup_s = now - self.started
 
-    def _epoch(self, metrics: dict) -> dict:
-        now = self.clock()
-        self.epoch = int(metrics.pop("epoch", self.epoch + 1))
+    def _epoch(self, metrics: dict, now: float) -> dict:
+        given = metrics.pop("epoch", None)
+        ok = isinstance(given, int | float) and math.isfinite(given)
+        self.epoch = int(given) if ok else self.epoch + 1  # type: ignore[arg-type]
         self.epochs += 1
         self.train_s += now - self.last
         out = {"epoch": self.epoch, "epoch_time_s": now - self.last} | metrics

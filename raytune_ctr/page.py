@@ -23,6 +23,11 @@ PAGE = "report.html"
 PHASES = (("setup", "#9e9e9e"), ("train", "#2e7d32"), ("eval", "#1565c0"))
 
 
+def _s(v) -> float:
+    """Seconds, 0 for a figure the trial did not time."""
+    return 0.0 if v is None or pd.isna(v) else float(v)
+
+
 def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
     """Each trial's phases in wall-clock time, packed into slots (a run takes the first
     slot free when it starts): (segments, slots, wall seconds, efficiency: training +
@@ -38,10 +43,11 @@ def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
         i = key[0] if isinstance(key, tuple) else key
         for k, (_, r) in enumerate(t.iterrows()):
             end = float(r["ended_at"])
-            ev, tr = float(r.get("eval_time_s") or 0.0), float(r.get("epoch_time_s") or 0.0)
+            # A user's script times no evaluation apart (it is in its epoch): NaN is 0 here.
+            ev, tr = _s(r.get("eval_time_s")), _s(r.get("epoch_time_s"))
             if k == 0:
                 start = end - ev - tr
-                segs.append((i, n, "setup", start - float(r.get("setup_time_s") or 0.0), start))
+                segs.append((i, n, "setup", start - _s(r.get("setup_time_s")), start))
             segs.append((i, n, "train", end - ev - tr, end - ev))
             segs.append((i, n, "eval", end - ev, end))
     seg = pd.DataFrame(segs, columns=cols)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 TAG = "[raytune_ctr] "
@@ -72,9 +73,8 @@ def _keep(folder: Path) -> str:
     out = os.environ.get(OUT_ENV)
     if not out:  # run by hand, outside a sweep: nothing to hand over
         return str(folder.resolve())
-    n = len(list(Path(out).glob("checkpoint-*")))
-    dest = Path(out, f"checkpoint-{n:06d}")
-    shutil.copytree(folder, dest)
+    dest = Path(tempfile.mkdtemp(prefix="checkpoint-", dir=out))  # a fresh name, never reused
+    shutil.copytree(folder, dest, dirs_exist_ok=True)
     return str(dest)
 
 

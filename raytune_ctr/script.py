@@ -10,8 +10,10 @@ What it measures, and what it cannot, is in docs/own-code.md.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -27,6 +29,7 @@ from raytune_ctr import fingerprint, output, reporter, trace
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec, all_trials
 
 PYTHONS = ("python", "python3")
+LABEL = "raytune-ctr.sweep"  # on every trial container: the sweep's end removes any left
 
 
 class UserProcessError(RuntimeError):
@@ -47,7 +50,7 @@ def command(spec: Spec, train: TrainSpec, res: ResourceSpec) -> list[str]:
         argv = ["python", "-m", "raytune_ctr.function", str(train.function)]
     else:
         assert spec.script is not None
-        argv = shlex.split(spec.script.command.format(**fields(train, res)))
+        argv = output.render(spec.script.command, fields(train, res))
     if res.num_workers > 1:  # torchrun in this python; rank 0's output only
         argv = ["python", "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", str(res.num_workers), "--local-ranks-filter", "0", *argv[1:]]
@@ -140,13 +143,15 @@ def _launch(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path,
     cwd = str(workdir(spec))
     ours = {k: env[k] for k in (reporter.CONFIG_ENV, reporter.OUT_ENV, reporter.RESUME_ENV,
                                 "PYTHONUNBUFFERED", "OMP_NUM_THREADS") if k in env}
-    docker = ["docker", "run", "--rm", "--init", "--name", name, "--label", "raytune-ctr.trial",
+    docker = ["docker", "run", "--rm", "--init", "--name", name,
+              "--label", f"{LABEL}={spec.name}",
               "--user", f"{os.getuid()}:{os.getgid()}", "--cpus", f"{res.num_workers * res.worker_cpus:g}",
               "--shm-size", "1g", "-e", "HOME=/tmp", "-e", f"PYTHONPATH={cwd}",
               *[a for k, v in ours.items() for a in ("-e", f"{k}={v}")],
               "-v", f"{cwd}:{cwd}", "-v", f"{out}:{out}", "-w", cwd]
-    if res.use_gpu:
-        docker += ["--gpus", f"device={os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"]
+    if res.use_gpu:  # docker reads --gpus as CSV: a list of devices goes in quotes
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        docker += ["--gpus", f'"device={visible}"' if visible else "all"]
     return [*docker, "--entrypoint", argv[0], image, *argv[1:]], name
 
 
@@ -164,10 +169,13 @@ def _run(spec: Spec, job: dict, extra: dict, out: Path, env: dict[str, str],
     tail: collections.deque[str] = collections.deque(maxlen=5)
     errs = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
     errs.start()
+    # Lines are stamped as they arrive, in a thread of their own: tune.report may block
+    # longer than an epoch, and that is not the script's time.
+    lines: queue.Queue[tuple[float, str] | None] = queue.Queue()
+    threading.Thread(target=_stamp, args=(proc.stdout, lines), daemon=True).start()
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            epoch = reader.feed(line)
+        while (item := lines.get()) is not None:
+            epoch = reader.feed(item[1], at=item[0])
             if epoch is not None:
                 _report(spec, job, extra, epoch, offset, reader, who)
         code = proc.wait()
@@ -214,6 +222,27 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _stamp(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put((time.monotonic(), line))
+    lines.put(None)
+
+
+def kill_containers(spec: Spec) -> None:
+    """Remove this sweep's trial containers that are still running: a trial process
+    that Tune ended before its own clean-up ran leaves its container behind."""
+    if not any(r.container for _, r in all_trials(spec)):
+        return
+    try:
+        found = subprocess.run(["docker", "ps", "-q", "--filter", f"label={LABEL}={spec.name}"],
+                               capture_output=True, text=True, timeout=60, check=False)
+        if found.stdout.split():
+            subprocess.run(["docker", "kill", *found.stdout.split()], capture_output=True,
+                           timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # no engine here: no container either
+
+
 def _drain(stream, tail: collections.deque) -> None:
     for line in stream:
         if line.strip():
@@ -222,27 +251,62 @@ def _drain(stream, tail: collections.deque) -> None:
 
 
 def _end(proc: subprocess.Popen, container: str | None) -> None:
-    """End the process tree (every rank), and the container: killing `docker run`
-    leaves it running."""
+    """End the process tree, and the container: killing `docker run` leaves it running.
+    torchrun starts each rank in a session of its own, so the ranks are found by
+    their parents (/proc), not by the process group."""
     if container is not None:
         subprocess.run(["docker", "kill", container], capture_output=True, timeout=60, check=False)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + 5.0
-        try:
+        pids = [proc.pid, *_descendants(proc.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        while _alive(proc) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 2.0  # Tune waits about this long for a trial to end
+        while time.monotonic() < deadline and _alive(proc, pids):
             time.sleep(0.05)
+        if not _alive(proc, pids):
+            break
     proc.wait()
     if proc.stdout:
         proc.stdout.close()
 
 
-def _alive(proc: subprocess.Popen) -> bool:
-    proc.poll()  # reaps the leader: a zombie still counts as the group's
-    try:
-        os.killpg(proc.pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (Linux)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children[ppid].append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(proc: subprocess.Popen, pids: list[int]) -> bool:
+    proc.poll()  # reaps the leader
+    for pid in pids:
+        if pid == proc.pid and proc.returncode is not None:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass
+        try:  # a zombie whose parent has not reaped it yet is gone for our purpose
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+        except (OSError, IndexError):
+            continue
+        return True
+    return False

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import json
 import os
 import re
 from pathlib import Path
@@ -565,8 +566,12 @@ def _check_own_process(spec: Spec, saved: bool) -> None:
             where = "grid" if name in s.grid else "space" if name in s.space else "points"
             raise SpecError(f"search.{where}.{name}", f"the script never sees it: put {{{name}}} "
                             "in script.command")
+    if "epochs" not in names:
+        raise SpecError("script.command", "needs {epochs}: a trial's epochs are counted against "
+                        "it (COMPLETED, ASHA's max_t, --smoke)", sc.command)
     for train, res in all_trials(spec):
-        argv = sc.command.format(**dataclasses.asdict(train) | dataclasses.asdict(res)).split()
+        plain = json.loads(json.dumps(dataclasses.asdict(train) | dataclasses.asdict(res)))
+        argv = output.render(sc.command, plain)
         if res.num_workers > 1 and not (argv and argv[0] in ("python", "python3") and len(argv) > 1
                                         and (argv[1] == "-m" or not argv[1].startswith("-"))):
             raise SpecError("script.command", "with num_workers > 1 it runs under torchrun, so it "

@@ -19,7 +19,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from raytune_ctr import plan, pool, results, train, trial
+from raytune_ctr import plan, pool, results, script, train, trial
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.results import Results
@@ -132,6 +132,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
         trace.mark("tuner_done")
     finally:
         _stop_coordinator(coordinator, own_cluster)
+        script.kill_containers(spec)
     trace.mark("coordinator_stopped")
     return grid
 
@@ -172,6 +173,7 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
             return tuner.fit()
     finally:
         _stop_coordinator(coordinator, own_cluster)
+        script.kill_containers(spec)
 
 
 # --- the search -----------------------------------------------------------------

@@ -286,9 +286,12 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path, tl: tuple) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if not last.empty:
         # Colour by throughput, so a point's hardware cost shows next to its accuracy.
-        pts = ax.scatter(last["train_time_s"], last["test_acc"], c=last["samples_per_s"],
-                         cmap="viridis", label="trial (final epoch)")
-        fig.colorbar(pts, ax=ax, label="samples/s")
+        if "samples_per_s" in last and last["samples_per_s"].notna().any():
+            pts = ax.scatter(last["train_time_s"], last["test_acc"], c=last["samples_per_s"],
+                             cmap="viridis", label="trial (final epoch)")
+            fig.colorbar(pts, ax=ax, label="samples/s")
+        else:  # a user's script: throughput not measured, so no colour scale
+            ax.scatter(last["train_time_s"], last["test_acc"], label="trial (final epoch)")
         mask = pareto_mask(last[["test_acc", "train_time_s"]].to_numpy(float), [True, False])
         front = last[mask].sort_values("train_time_s")
         ax.step(front["train_time_s"], front["test_acc"], where="post", c="tab:red",

@@ -58,7 +58,8 @@ def test_the_leaves_import_only_errors():
         assert ours == set(), f"{leaf} imports {sorted(ours)}"
     assert graph["raytune_ctr.errors"] == set() and graph["raytune_ctr.metrics"] == set()
     assert graph["raytune_ctr.usercode"] == {"raytune_ctr.errors"}
-    assert graph["raytune_ctr.output"] == {"raytune_ctr.errors", "raytune_ctr.reporter"}
+    assert graph["raytune_ctr.output"] == {"raytune_ctr.errors", "raytune_ctr.metrics",
+                                           "raytune_ctr.reporter"}
     assert graph["raytune_ctr.reporter"] == set()
 
 

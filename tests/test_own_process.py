@@ -78,6 +78,9 @@ def test_a_reader_takes_tagged_lines_and_counts_on_from_a_checkpoint():
     assert got["epoch"] == 4 and got["epoch_time_s"] == 2.0 and got["setup_time_s"] == 5.0
     assert got["test_acc"] == 91.0 and got["test_loss"] != got["test_loss"]  # NaN, not 0
     assert reader.feed(reporter.TAG + "not json") is None
+    # Stamped when the line arrived, not when it was read; an epoch of NaN is counted.
+    got = reader.feed(reporter.TAG + json.dumps({"epoch": None, "test_acc": 92.0}), at=7.5)
+    assert got["epoch"] == 5 and got["epoch_time_s"] == 0.5
 
 
 def test_report_prints_one_tagged_line_on_rank_0_only(capsys, monkeypatch, tmp_path):
@@ -115,8 +118,14 @@ def test_report_prints_one_tagged_line_on_rank_0_only(capsys, monkeypatch, tmp_p
     ({"script.metrics": {"train_time_s": LOSS}}, ["script.metrics.train_time_s", "measured by"]),
     ({"search": {"grid": {"batch_size": [32], "optimizer": ["sgd", "adam"]}}},
      ["search.grid.optimizer", "the script never sees it", "{optimizer}"]),
-    ({"search": {"grid": {"num_workers": [1, 2]}}, "script.command": "./run.sh {batch_size}"},
+    ({"search": {"grid": {"num_workers": [1, 2]}},
+      "script.command": "./run.sh {batch_size} {epochs}"},
      ["script.command", "torchrun", "python SCRIPT"]),
+    ({"script.command": "python main.py --batch-size {batch_size}"},
+     ["script.command", "needs {epochs}"]),
+    ({"script.command": "python main.py --batch-size {batch_size} --lr {lr:d} --epochs {epochs}"},
+     ["script.command", "cannot be filled", "ValueError"]),
+    ({"script.metrics": {"accuracy": ACC}}, ["script.metrics.accuracy", "unknown metric"]),
     ({"code": None}, ["script.folder", "is needed"]),
     ({"script.folder": "/no/such/folder"}, ["script.folder", "is not a folder"]),
     ({"train": {"function": "train_fn.digits:run"}}, ["train.function", "not both"]),
@@ -167,19 +176,28 @@ def test_dry_run_refuses_a_bad_spec_in_one_line(capsys, tmp_path):
 
 def test_ending_a_trial_ends_its_whole_process_tree(tmp_path):
     pids = tmp_path / "pids"
-    proc = subprocess.Popen(["bash", "-c", f"sleep 300 & echo $! > {pids}; sleep 300"],
+    # setsid: a rank of its own session, as torchrun starts them (not in our group).
+    proc = subprocess.Popen(["bash", "-c", f"setsid sleep 300 & echo $! > {pids}; sleep 300"],
                             stdout=subprocess.PIPE, start_new_session=True)
     for _ in range(100):
         if pids.exists() and pids.read_text().strip():
             break
         time.sleep(0.05)
+    time.sleep(0.2)  # setsid has exec'd sleep
     child = int(pids.read_text())
     script._end(proc, None)
     assert proc.returncode is not None
-    with pytest.raises(ProcessLookupError):
-        os.kill(child, 0)
+    assert _gone(child)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie its new parent has yet to reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def _sweep(tmp_path, config, *extra):
@@ -220,16 +238,17 @@ def test_a_failing_script_and_a_silent_regex_are_failed_trials_saying_why(tmp_pa
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "train.py").write_text(textwrap.dedent("""
         import sys
-        mode = sys.argv[1]
-        for i in range(3):
+        mode, epochs = sys.argv[1], int(sys.argv[2])
+        for i in range(epochs):
             print(f"epoch {i} done, acc {90 + i}")
         if mode == "crash":
             print("CUDA out of memory (pretend)", file=sys.stderr)
             sys.exit(3)
     """))
     spec = {"name": "bad", "code": str(tmp_path / "code"),
-            "script": {"command": "python train.py {model}",
+            "script": {"command": "python train.py {model} {epochs}",
                        "metrics": {"test_acc": r"accuracy (?P<value>\d+)"}},
+            "train": {"epochs": 3},
             "search": {"grid": {"model": ["crash", "quiet"]}, "max_failures": 0}}
     config = tmp_path / "bad.yaml"
     config.write_text(json.dumps(spec))
@@ -320,6 +339,6 @@ def test_the_tier3_example_runs_in_the_image_with_1_and_2_workers(tmp_path, imag
     last = _trials(run)
     assert (last["status"] == "COMPLETED").all() and sorted(last["num_workers"]) == [1, 2]
     assert (last["env_image"] == "raytune-ctr:latest").all() and last["test_acc"].gt(10).all()
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=raytune-ctr.trial"],
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=raytune-ctr.sweep"],
                           capture_output=True, text=True, timeout=60).stdout.split()
     assert left == []

@@ -342,3 +342,19 @@ def test_the_tier3_example_runs_in_the_image_with_1_and_2_workers(tmp_path, imag
     left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=raytune-ctr.sweep"],
                           capture_output=True, text=True, timeout=60).stdout.split()
     assert left == []
+
+
+def test_a_function_whose_report_lacks_an_objective_fails_its_trial_in_one_line():
+    """A training function's metrics are known only once it reports: the first report
+    without an objective ends the trial, saying what it did report."""
+    spec = checks.from_dict({"name": "f", "code": str(ROOT / "experiments" / "own_code"),
+                             "train": {"function": "train_fn.digits:run"}})
+    train, res = spec.resolve({})
+    reader = output.Reader({})
+    epoch = reader.feed(reporter.TAG + json.dumps({"epoch": 1, "test_loss": 0.3}))
+    with pytest.raises(script.UserProcessError) as err:
+        script._report(spec, {"train": train, "resources": res, "hour_usd": None}, {}, epoch,
+                       {"epoch": 0, "train_time_s": 0.0, "wall_time_s": 0.0}, reader,
+                       "train.function")
+    assert str(err.value) == ("train.function: epoch 1 reported no test_acc (it reported "
+                              "epoch, epoch_time_s, test_loss)")

@@ -73,6 +73,20 @@ def flops_per_sample(model: nn.Module, shape: tuple[int, ...], num_classes: int,
     return counter.get_total_flops() / batch
 
 
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> float:
+    """For a training function of your own (`raytune_ctr.count_flops`): the training
+    FLOPs per sample of `model`, counted as our loop counts its own, on the device it
+    is on. Report it with each epoch's sample count,
+    `raytune_ctr.report(flops_per_sample=f, samples=n, ...)`, and the sweep measures
+    samples_per_s, tflops and (with a known peak) mfu."""
+    from raytune_ctr import reporter
+
+    device = next(iter(model.parameters())).device
+    flops = flops_per_sample(model, tuple(input_shape), num_classes, device)
+    reporter.start()  # counting is set-up, not the first epoch's training
+    return flops
+
+
 class GpuUtilization:
     """Mean NVML GPU utilization (%) over a `with` block, sampled every `period` s.
 

@@ -130,8 +130,10 @@ class Reader:
         if line.strip():
             self.last_line = line
         obj = reporter.tagged(line)
-        if obj is not None and obj.get("event") == "start":  # the function is called
-            self._set_up(now)
+        if obj is not None and obj.get("event") == "start":  # set-up ends here (so far)
+            if self.epochs == 0:
+                self.setup_s = None
+                self._set_up(now)
             return None
         if obj is not None:
             return self._epoch({k: (float("nan") if v is None else v) for k, v in obj.items()}, now)

@@ -62,7 +62,8 @@ def report(checkpoint: str | os.PathLike | None = None, **metrics: float) -> Non
 
 
 def start() -> None:
-    """Marks the end of start-up: epoch times count from here (function.py)."""
+    """Marks the end of set-up so far: the first epoch's time counts from the last
+    such mark (function.py, before the call; count_flops, after counting)."""
     if rank() == 0:
         print(TAG + json.dumps({"event": "start"}), flush=True)
 

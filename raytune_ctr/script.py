@@ -196,6 +196,7 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
     from ray import tune
 
     folder = epoch.pop("checkpoint", None)
+    samples = epoch.pop("samples", None)  # a function's training samples this epoch
     missing = [m for m in spec.search.objectives if m not in epoch and m not in output.TIMED]
     if missing:
         raise UserProcessError(f"{who}: epoch {epoch['epoch']} reported no {', '.join(missing)} "
@@ -207,6 +208,7 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
     if job["hour_usd"] is not None:
         metrics["cost_usd"] = wall_s / 3600 * job["hour_usd"]
     res = job["resources"]
+    metrics |= _throughput(samples, epoch, res)
     image = (spec.script.image if spec.script else "raytune-ctr:latest") if res.container else None
     metrics |= {f"env_{k}": v for k, v in fingerprint.process(image, res.use_gpu).items()}
     metrics |= {"ended_at": time.time()} | extra
@@ -220,6 +222,21 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _throughput(samples, epoch: dict, res: ResourceSpec) -> dict:
+    """samples_per_s from a function's sample count; tflops and mfu when it also
+    reported flops_per_sample (raytune_ctr.count_flops), mfu against
+    resources.peak_tflops per worker, as our loop's."""
+    out: dict = {}
+    if isinstance(samples, int | float) and samples > 0 and epoch["epoch_time_s"] > 0:
+        out["samples_per_s"] = samples / epoch["epoch_time_s"]
+        fps = epoch.get("flops_per_sample")
+        if isinstance(fps, int | float) and fps > 0:
+            out["tflops"] = fps * out["samples_per_s"] / 1e12
+            if res.peak_tflops:
+                out["mfu"] = out["tflops"] / (res.peak_tflops * res.num_workers)
+    return out
 
 
 def _stamp(stream, lines: queue.Queue) -> None:

@@ -272,6 +272,9 @@ def test_the_tier2_example_with_ddp_and_asha_then_a_restart_resumes(tmp_path):
     last = _trials(run)
     assert (last["status"] == "COMPLETED").all() and sorted(last["num_workers"]) == [1, 2]
     assert last["test_acc"].gt(20).all()
+    # The example counts its FLOPs (raytune_ctr.count_flops) and reports its samples.
+    assert last["samples_per_s"].gt(0).all() and last["tflops"].gt(0).all()
+    assert (last["flops_per_sample"] == last["flops_per_sample"].iloc[0]).all()
 
     # A function that dies once after epoch 2 restarts from its epoch-2 checkpoint.
     code = tmp_path / "code"
@@ -358,3 +361,26 @@ def test_a_function_whose_report_lacks_an_objective_fails_its_trial_in_one_line(
                        "train.function")
     assert str(err.value) == ("train.function: epoch 1 reported no test_acc (it reported "
                               "epoch, epoch_time_s, test_loss)")
+
+
+def test_a_functions_samples_and_flops_give_throughput_and_mfu():
+    res = spec_lib.ResourceSpec(num_workers=2, peak_tflops=0.5)
+    epoch = {"epoch": 1, "epoch_time_s": 2.0, "flops_per_sample": 1e9}
+    assert script._throughput(1000, epoch, res) == {
+        "samples_per_s": 500.0, "tflops": 0.5, "mfu": 0.5}
+    assert script._throughput(None, epoch, res) == {}  # not reported: not measured, not 0
+
+
+def test_set_up_lasts_until_the_last_start_mark_before_the_first_epoch():
+    clock = Clock()
+    reader = output.Reader({}, clock=clock)
+    for t in (3.0, 5.0):  # the function is called, then it counts its FLOPs
+        clock.t = t
+        reader.feed(reporter.TAG + json.dumps({"event": "start"}))
+    clock.t = 6.0
+    got = reader.feed(reporter.TAG + json.dumps({"test_acc": 50.0}))
+    assert got["setup_time_s"] == 5.0 and got["epoch_time_s"] == 1.0
+    clock.t = 7.0
+    reader.feed(reporter.TAG + json.dumps({"event": "start"}))  # after an epoch: no effect
+    clock.t = 8.0
+    assert reader.feed(reporter.TAG + json.dumps({"test_acc": 60.0}))["epoch_time_s"] == 2.0

@@ -37,6 +37,7 @@ def run(config: dict) -> None:
                         shuffle=sampler is None, sampler=sampler)
     model = nn.Sequential(nn.Linear(64, config["hidden"][0]), nn.ReLU(),
                           nn.Linear(config["hidden"][0], 10))
+    flops = raytune_ctr.count_flops(model, (64,), 10)  # optional: gives tflops, mfu
     if ddp:
         model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
@@ -65,4 +66,5 @@ def run(config: dict) -> None:
             if not ddp or dist.get_rank() == 0:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                             "epoch": epoch}, Path(d, "state.pt"))
-            raytune_ctr.report(epoch=epoch, test_acc=acc, test_loss=loss, checkpoint=d)
+            raytune_ctr.report(epoch=epoch, test_acc=acc, test_loss=loss, checkpoint=d,
+                               flops_per_sample=flops, samples=len(train_set))

@@ -21,6 +21,7 @@ from raytune_ctr.metrics import METRICS
 # Measured by the runner, not read from the output.
 TIMED = ("epoch", "epoch_time_s", "train_time_s", "wall_time_s", "cost_usd")
 GROUPS = ({"value"}, {"correct", "total"})
+PYTHONS = ("python", "python3")  # a command's python: this one natively, torchrun's with N ranks
 
 
 def placeholders(template: str, key: str = "script.command") -> list[str]:

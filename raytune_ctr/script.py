@@ -26,9 +26,8 @@ import uuid
 from pathlib import Path
 
 from raytune_ctr import fingerprint, output, reporter, trace
-from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec, all_trials
+from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec, all_trials, trial_fields, values
 
-PYTHONS = ("python", "python3")
 LABEL = "raytune-ctr.sweep"  # on every trial container: the sweep's end removes any left
 
 
@@ -36,12 +35,9 @@ class UserProcessError(RuntimeError):
     """The user's process exited non-zero or gave no epoch: one line saying why."""
 
 
-def fields(train: TrainSpec, res: ResourceSpec) -> dict:
-    """What a command's placeholders and a training function see: every train and
-    resources field of the trial (lists, not tuples, as JSON has them)."""
-    import dataclasses
-
-    return json.loads(json.dumps(dataclasses.asdict(train) | dataclasses.asdict(res)))
+def image(spec: Spec) -> str:
+    """The image resources.container runs the trial's process in."""
+    return spec.script.image if spec.script else "raytune-ctr:latest"
 
 
 def command(spec: Spec, train: TrainSpec, res: ResourceSpec) -> list[str]:
@@ -50,7 +46,7 @@ def command(spec: Spec, train: TrainSpec, res: ResourceSpec) -> list[str]:
         argv = ["python", "-m", "raytune_ctr.function", str(train.function)]
     else:
         assert spec.script is not None
-        argv = output.render(spec.script.command, fields(train, res))
+        argv = output.render(spec.script.command, trial_fields(train, res))
     if res.num_workers > 1:  # torchrun in this python; rank 0's output only
         argv = ["python", "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", str(res.num_workers), "--local-ranks-filter", "0", *argv[1:]]
@@ -60,9 +56,7 @@ def command(spec: Spec, train: TrainSpec, res: ResourceSpec) -> list[str]:
 def shown(spec: Spec, train: TrainSpec, res: ResourceSpec) -> str:
     """The command as --dry-run prints it."""
     argv = command(spec, train, res)
-    where = f"docker run {spec.script.image if spec.script else 'raytune-ctr:latest'} " \
-        if res.container else ""
-    return where + shlex.join(argv)
+    return (f"docker run {image(spec)} " if res.container else "") + shlex.join(argv)
 
 
 def dry_run(spec: Spec) -> str:
@@ -77,9 +71,8 @@ def dry_run(spec: Spec) -> str:
     lines = [head]
     for train, res in all_trials(spec):
         if spec.runner == "loop":
-            fields_ = {k: getattr(train if k in train.__dataclass_fields__ else res, k)
-                       for k in spec.searched_keys()}
-            lines.append("  our loop: " + " ".join(f"{k}={v}" for k, v in fields_.items()))
+            shown_ = values(train, res, spec.searched_keys())
+            lines.append("  our loop: " + " ".join(f"{k}={v}" for k, v in shown_.items()))
         else:
             lines.append(f"  in {workdir(spec)}: {shown(spec, train, res)}")
     if spec.script is not None:
@@ -124,7 +117,7 @@ def run(spec: Spec, job: dict, extra: dict) -> None:
 
 def _env(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path) -> dict[str, str]:
     config = out / "config.json"
-    config.write_text(json.dumps(fields(train, res)))
+    config.write_text(json.dumps(trial_fields(train, res)))
     cwd = workdir(spec)
     paths = [str(cwd), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, reporter.CONFIG_ENV: str(config), reporter.OUT_ENV: str(out),
@@ -137,8 +130,7 @@ def _launch(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path,
     """The argv to start, and the container's name when it runs in one."""
     argv = command(spec, train, res)
     if not res.container:
-        return ([sys.executable, *argv[1:]] if argv[0] in PYTHONS else argv), None
-    image = spec.script.image if spec.script else "raytune-ctr:latest"
+        return ([sys.executable, *argv[1:]] if argv[0] in output.PYTHONS else argv), None
     name = f"raytune-ctr-{uuid.uuid4().hex[:12]}"
     cwd = str(workdir(spec))
     ours = {k: env[k] for k in (reporter.CONFIG_ENV, reporter.OUT_ENV, reporter.RESUME_ENV,
@@ -152,7 +144,7 @@ def _launch(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path,
     if res.use_gpu:  # docker reads --gpus as CSV: a list of devices goes in quotes
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         docker += ["--gpus", f'"device={visible}"' if visible else "all"]
-    return [*docker, "--entrypoint", argv[0], image, *argv[1:]], name
+    return [*docker, "--entrypoint", argv[0], image(spec), *argv[1:]], name
 
 
 def _run(spec: Spec, job: dict, extra: dict, out: Path, env: dict[str, str],
@@ -209,8 +201,8 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
         metrics["cost_usd"] = wall_s / 3600 * job["hour_usd"]
     res = job["resources"]
     metrics |= _throughput(samples, epoch, res)
-    image = (spec.script.image if spec.script else "raytune-ctr:latest") if res.container else None
-    metrics |= {f"env_{k}": v for k, v in fingerprint.process(image, res.use_gpu).items()}
+    where = image(spec) if res.container else None
+    metrics |= {f"env_{k}": v for k, v in fingerprint.process(where, res.use_gpu).items()}
     metrics |= {"ended_at": time.time()} | extra
     trace.mark("epoch_read")
     if folder is None:

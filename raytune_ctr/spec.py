@@ -307,8 +307,7 @@ class Spec:
     def trial_values(self, point: dict, keys) -> dict:
         """The fields `keys` of the trial at `point`, as the fields hold them (1 is 1.0
         for a float, a list is a tuple)."""
-        train, res = self.resolve(point)
-        return {k: getattr(train if SEARCHABLE[k] is TrainSpec else res, k) for k in keys}
+        return values(*self.resolve(point), keys)
 
     def resolve(self, overrides: dict) -> tuple[TrainSpec, ResourceSpec]:
         """The train and resource specs of one trial."""
@@ -320,6 +319,17 @@ class Spec:
 
 SEARCHABLE = {f.name: TrainSpec for f in dataclasses.fields(TrainSpec)} | {
     f.name: ResourceSpec for f in dataclasses.fields(ResourceSpec)}
+
+
+def values(train: TrainSpec, res: ResourceSpec, keys) -> dict:
+    """The fields `keys` of one trial, from its train or resources spec."""
+    return {k: getattr(train if SEARCHABLE[k] is TrainSpec else res, k) for k in keys}
+
+
+def trial_fields(train: TrainSpec, res: ResourceSpec) -> dict:
+    """What a script's placeholders and a training function see: every train and
+    resources field of the trial, as JSON has them (lists, not tuples)."""
+    return json.loads(json.dumps(dataclasses.asdict(train) | dataclasses.asdict(res)))
 
 
 def _plain(obj):
@@ -570,9 +580,8 @@ def _check_own_process(spec: Spec, saved: bool) -> None:
         raise SpecError("script.command", "needs {epochs}: a trial's epochs are counted against "
                         "it (COMPLETED, ASHA's max_t, --smoke)", sc.command)
     for train, res in all_trials(spec):
-        plain = json.loads(json.dumps(dataclasses.asdict(train) | dataclasses.asdict(res)))
-        argv = output.render(sc.command, plain)
-        if res.num_workers > 1 and not (argv and argv[0] in ("python", "python3") and len(argv) > 1
+        argv = output.render(sc.command, trial_fields(train, res))
+        if res.num_workers > 1 and not (argv and argv[0] in output.PYTHONS and len(argv) > 1
                                         and (argv[1] == "-m" or not argv[1].startswith("-"))):
             raise SpecError("script.command", "with num_workers > 1 it runs under torchrun, so it "
                             "must read `python SCRIPT ...` or `python -m MODULE ...`", sc.command)

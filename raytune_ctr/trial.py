@@ -34,19 +34,16 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) ->
     # Tune's count of this trial's failures so far (its callback tells the coordinator).
     retries, error = ray.get(coordinator.failures.remote(trial_id))
     extra = {"retries": retries} | ({"retry_error": error} if error else {})
-    if spec.runner != "loop":  # tiers 2 and 3: the user's own process trains
-        try:
-            script.run(spec, {"train": train, "resources": res, "hour_usd": hour_usd(res, spec.cost)},
-                       extra)
-        finally:
-            trace.mark("trial_end")
-            trace.set_trial(None)
-        return
-    state = results.last_state(tune.get_checkpoint())
-    job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id, "data": spec.data,
-           "train": train, "resources": res, "objectives": list(spec.search.objectives),
-           "state": state, "flops": flops, "hour_usd": hour_usd(res, spec.cost)}
+    price = hour_usd(res, spec.cost)
     try:
+        if spec.runner != "loop":  # tiers 2 and 3: the user's own process trains
+            script.run(spec, {"train": train, "resources": res, "hour_usd": price}, extra)
+            return
+        state = results.last_state(tune.get_checkpoint())
+        job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id,
+               "data": spec.data, "train": train, "resources": res,
+               "objectives": list(spec.search.objectives), "state": state, "flops": flops,
+               "hour_usd": price}
         if res.num_workers == 1:
             _train_here(job, extra)
         else:

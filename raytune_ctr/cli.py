@@ -166,6 +166,9 @@ def compare_cmd(args: argparse.Namespace) -> int:
 
 
 def sweep_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from raytune_ctr import trace
+
+    trace.command()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return sweep(sweep_parser(prog).parse_args(argv))
 

@@ -55,8 +55,12 @@ def run(spec: Spec, where: Results, *, address: str | None = None,
     if spec.script is not None and spec.script.folder is not None:
         spec = dataclasses.replace(spec, script=dataclasses.replace(
             spec.script, folder=str(Path(spec.script.folder).resolve())))
+    from raytune_ctr import trace
+
     source = prepare_data(spec)
+    trace.mark("data_ready")
     own = connect(address, verbose, code=spec.code)
+    trace.mark("ray_up")
     concurrency = plan.plan(spec)
     log.info("data: %s; running up to %d trials at once", source, concurrency)
     where.create(spec)
@@ -106,13 +110,17 @@ def _storage_errors(where: Results):
 
 
 def _finish(grid, spec: Spec, where: Results, interrupted: int | None = None) -> Outcome:
+    from raytune_ctr import trace
+
     df = results.collect(grid, spec, tuner.ended_trials(where) if interrupted else None)
     try:
         where.write_tables(df, spec, interrupted=interrupted)
     except OSError as err:
         raise where.cannot_write(err) from None
+    trace.mark("tables_written")
     try:
         path = writeup.build(where.local)
+        trace.mark("report_written")
     except OSError as err:
         raise StorageError(f"{where.local}: cannot write the report ({err.strerror or err}); "
                            "the tables are written: rebuild it with raytune-ctr report "

@@ -20,11 +20,27 @@ def set_trial(trial_id: str | None) -> None:
     _trial = trial_id
 
 
-def mark(phase: str, **fields) -> None:
+def command() -> None:
+    """Mark when this process started (before its imports) and, at exit, when it ends:
+    registered before Ray's own exit handler, so it runs after Ray's shutdown."""
+    import atexit
+
+    if not os.environ.get("RAYTUNE_CTR_TRACE"):
+        return
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{os.getpid()}/stat") as f:  # field 22: start, in ticks after boot
+        started = int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
+    with open("/proc/uptime") as f:
+        boot = time.time() - float(f.read().split()[0])
+    mark("command_start", t=boot + started)
+    atexit.register(mark, "command_exit")
+
+
+def mark(phase: str, t: float | None = None, **fields) -> None:
     path = os.environ.get("RAYTUNE_CTR_TRACE")
     if not path:
         return
-    line = json.dumps({"t": time.time(), "pid": os.getpid(), "phase": phase, "trial": _trial}
-                      | fields, default=str)
+    line = json.dumps({"t": time.time() if t is None else t, "pid": os.getpid(),
+                       "phase": phase, "trial": _trial} | fields, default=str)
     with open(path, "a") as f:  # one short write per line: lines from processes don't mix
         f.write(line + "\n")

@@ -7,9 +7,12 @@ through NVML (`nvidia-ml-py`) while an epoch runs; on a CPU it is absent, not 0.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import threading
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +55,38 @@ def math_precision(precision: str, conv: bool) -> str:
         return precision
     tf32 = torch.backends.cudnn.allow_tf32 if conv else torch.backends.cuda.matmul.allow_tf32
     return "tf32" if tf32 else "fp32"
+
+
+# Our models' FLOPs per sample by `train.flops_key`, for this torch and this code of
+# our models and of the count: counting imports dynamo, seconds before a first trial.
+FLOPS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "raytune_ctr" / "flops.json"
+
+
+def _flops_version() -> str:
+    import hashlib
+
+    code = hashlib.sha1()
+    for name in ("models.py", "hardware.py"):
+        code.update(Path(__file__).with_name(name).read_bytes())
+    return f"torch {torch.__version__}, code {code.hexdigest()[:16]}"
+
+
+def read_flops_cache() -> dict[str, float]:
+    try:
+        saved = json.loads(FLOPS_CACHE.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: counted again
+        return {}
+    return saved.get("counts", {}) if saved.get("version") == _flops_version() else {}
+
+
+def write_flops_cache(counts: dict[str, float]) -> None:
+    try:
+        FLOPS_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = FLOPS_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": _flops_version(), "counts": counts}))
+        tmp.replace(FLOPS_CACHE)  # whole or not at all, with sweeps side by side
+    except OSError as err:  # a read-only home: counted again next time
+        log.info("FLOP counts not cached: %s", err)
 
 
 def flops_per_sample(model: nn.Module, shape: tuple[int, ...], num_classes: int,

@@ -521,9 +521,13 @@ def trial_config(train: TrainSpec, resources: ResourceSpec) -> dict:
 def count_flops(spec: Spec) -> dict[str, float]:
     """Every model's training FLOPs per sample, counted once for the sweep (keys:
     `flops_key`). Counting imports torch._dynamo, seconds of CPU that no
-    trial process should pay; a trial whose shape is not here counts its own."""
+    trial process should pay; a trial whose shape is not here counts its own.
+    Our own models' counts are kept on disk (`hardware.FLOPS_CACHE`), so only a
+    machine's first sweep of a shape pays them; a user's model is counted each time:
+    its code may change under the same name."""
     cand = candidates(spec)
-    flops = {}
+    cached = hardware.read_flops_cache()
+    flops, new = {}, {}
     for name in cand["model"]:
         source = models.hf_source(name)
         tokenizes = [data.Tokenize(source, n) for n in cand["max_seq_length"]] if source else [None]
@@ -532,9 +536,17 @@ def count_flops(spec: Spec) -> dict[str, float]:
             dtype = ds.train.x.dtype if isinstance(ds.train, data.TensorSet) else torch.float32
             for hidden in cand["hidden"] if name == "mlp" else [spec.train.hidden]:
                 t = dataclasses.replace(spec.train, model=name, hidden=hidden)
+                ours = not usercode.is_path(name)
+                if ours and (key := flops_key(t, ds.input_shape, ds.num_classes, dtype)) in cached:
+                    flops[key] = cached[key]
+                    continue
                 net = models.build(name, ds.input_shape, ds.num_classes, hidden=t.hidden,
                                    config=trial_config(t, spec.resources))
-                flops[flops_key(t, ds.input_shape, ds.num_classes, dtype, net)] = \
-                    hardware.flops_per_sample(net, ds.input_shape, ds.num_classes,
-                                              torch.device("cpu"), dtype=dtype)
+                key = flops_key(t, ds.input_shape, ds.num_classes, dtype, net)
+                flops[key] = hardware.flops_per_sample(net, ds.input_shape, ds.num_classes,
+                                                       torch.device("cpu"), dtype=dtype)
+                if ours:
+                    new[key] = flops[key]
+    if new:
+        hardware.write_flops_cache(cached | new)
     return flops

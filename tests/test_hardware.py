@@ -67,3 +67,23 @@ def test_counting_flops_leaves_batchnorm_stats_alone():
     before = net.bn1.running_var.clone()
     hardware.flops_per_sample(net, (3, 32, 32), 10, torch.device("cpu"))
     assert torch.equal(net.bn1.running_var, before) and net.training
+
+
+def test_our_models_flops_are_counted_once_per_machine(tmp_path, monkeypatch):
+    from raytune_ctr import checks, train
+
+    monkeypatch.setattr(hardware, "FLOPS_CACHE", tmp_path / "flops.json")
+    spec = checks.from_dict({"data": {"dataset": "digits"},
+                             "train": {"model": "mlp", "hidden": [16]}})
+    first = train.count_flops(spec)
+    assert (tmp_path / "flops.json").is_file()
+
+    def counted(*a, **k):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(hardware, "flops_per_sample", counted)
+    assert train.count_flops(spec) == first
+    # Another torch, or another code of the models, counts afresh.
+    monkeypatch.setattr(hardware, "_flops_version", lambda: "another")
+    with pytest.raises(AssertionError, match="counted again"):
+        train.count_flops(spec)

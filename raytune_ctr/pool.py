@@ -73,6 +73,7 @@ class _Pool:
     running: str | None = None  # the job its workers serve now
     up: bool = False  # its workers are up (warming up, or asking for work)
     served: bool = False  # it took a job
+    ahead: bool = False  # started before any trial asked (`start`)
     stopping: bool = False
     started: float = field(default_factory=time.monotonic)
     thread: threading.Thread | None = None
@@ -224,13 +225,13 @@ class Coordinator:
         """Start a pool ahead of its first trial, unless one for `key` is there."""
         with self._cv:
             if not self._closed and not self._live(key):
-                self._new_pool(key)
+                self._new_pool(key, ahead=True)
 
     def wait_up(self, timeout: float) -> bool:
-        """Wait until every pool is up; False if one was not by `timeout`."""
+        """Wait until every pool started ahead is up; False if one was not by `timeout`."""
         end = time.monotonic() + timeout
         with self._cv:
-            while not all(p.up for p in self._pools.values() if not p.stopping):
+            while not all(p.up for p in self._pools.values() if p.ahead and not p.stopping):
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -285,8 +286,8 @@ class Coordinator:
         if len(self._queues[key]) > free:
             self._new_pool(key)
 
-    def _new_pool(self, key: PoolKey) -> None:
-        pool = _Pool(next(self._ids), key)
+    def _new_pool(self, key: PoolKey, ahead: bool = False) -> None:
+        pool = _Pool(next(self._ids), key, ahead=ahead)
         self._pools[pool.id] = pool
         pool.thread = threading.Thread(target=self._run, args=(pool,), daemon=True)
         pool.thread.start()

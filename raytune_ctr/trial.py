@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 from raytune_ctr import results, script, trace
-from raytune_ctr.pool import PoolKey
+from raytune_ctr.pool import POOL_START_S, PoolKey
 from raytune_ctr.spec import Spec, hour_usd
 
 
@@ -45,7 +45,7 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) ->
                "objectives": list(spec.search.objectives), "state": state, "flops": flops,
                "hour_usd": price}
         if res.num_workers == 1:
-            _train_here(job, extra)
+            _train_here(job, extra, coordinator)
         else:
             _relay(job, extra, coordinator)
     finally:
@@ -53,11 +53,16 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) ->
         trace.set_trial(None)
 
 
-def _train_here(job: dict, extra: dict) -> None:
+def _train_here(job: dict, extra: dict, coordinator) -> None:
     import torch
 
     from raytune_ctr import data
     from raytune_ctr import train as train_lib
+
+    # A pool's start is a burst of CPU that would slow this trial's epochs and skew
+    # their timings; this process's own start and imports went on beside it.
+    ray.get(coordinator.wait_up.remote(POOL_START_S))
+    trace.mark("pools_up")
 
     res = job["resources"]
     torch.set_num_threads(res.threads)

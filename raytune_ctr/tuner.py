@@ -125,7 +125,6 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
                 reuse_actors=True, trial_dirname_creator=_dirname),
             run_config=_run_config(spec, where, verbose),
         )
-        _wait_for_pools(coordinator)
         trace.mark("tuner_fit")
         with stop.tuning() if stop else contextlib.nullcontext():
             grid = tuner.fit()
@@ -168,7 +167,6 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
         except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
             raise SpecError("--resume", f"Tune cannot restore {where.where} ({one_line(err)})",
                             where.name) from None
-        _wait_for_pools(coordinator)
         with stop.tuning() if stop else contextlib.nullcontext():
             return tuner.fit()
     finally:
@@ -319,8 +317,9 @@ def _coordinator_name(where: Results) -> str:
 
 def _start_coordinator(spec: Spec, where: Results):
     """The sweep's coordinator (pool.py), owned by this driver. On a one-node cluster
-    the CPU pools the spec's trials can ask for start now: a pool takes seconds to
-    start, longer than a small trial trains (`run` waits for them)."""
+    the CPU pools the spec's trials can ask for start now, beside Tune's own start
+    and the first trial process's: a pool takes seconds to start, longer than a
+    small trial trains. A one-worker trial trains once they are up (trial.py)."""
     import ray
 
     try:
@@ -338,16 +337,6 @@ def _start_coordinator(spec: Spec, where: Results):
         # Waited on: a threaded actor runs calls in any order, and wait_up follows.
         ray.get([coordinator.start.remote(pool.PoolKey(w, 0.0, ip)) for w in sorted(worlds)])
     return coordinator
-
-
-def _wait_for_pools(coordinator) -> None:
-    """Start training once the pools are up: a pool's start-up is a burst of CPU
-    that would slow the trials training beside it, and skew their timings."""
-    import ray
-
-    if not ray.get(coordinator.wait_up.remote(pool.POOL_START_S)):
-        log.warning("worker pools not up after %d s; starting the trials anyway",
-                    pool.POOL_START_S)
 
 
 def _stop_coordinator(coordinator, own_cluster: bool) -> None:

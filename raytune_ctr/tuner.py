@@ -22,6 +22,8 @@ from ray.tune.search.optuna import OptunaSearch
 from raytune_ctr import plan, pool, results, script, train, trial
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import SpecError, StorageError, one_line
+from raytune_ctr.live import Live
+from raytune_ctr.live import total as total_trials
 from raytune_ctr.results import Results
 from raytune_ctr.spec import Spec
 
@@ -302,7 +304,7 @@ def _run_config(spec: Spec, where: Results, verbose: bool = False):
     callbacks = [_coordination(spec, _coordinator_name(where)), _Tables(spec, where)]
     return tune.RunConfig(
         name=where.name, storage_path=where.tune_storage, verbose=1 if verbose else 0,
-        callbacks=callbacks if verbose else [*callbacks, _Live(spec)],
+        callbacks=callbacks if verbose else [*callbacks, Live(spec)],
         # A trial that fails restarts from its last epoch checkpoint (max_failures
         # times; any error counts, so a diverged trial is tried again, then FAILED).
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
@@ -361,7 +363,7 @@ def _coordination(spec: Spec, coordinator_name: str):
     import ray
     from ray import tune
 
-    total = _total(spec)
+    total = total_trials(spec)
 
     class Coordination(tune.Callback):
         def __init__(self):
@@ -486,82 +488,7 @@ class _Tables(Callback):
             raise self.write_error
 
 
-class _Live(Callback):
-    """The live view: every `every` seconds something changed, a compact table of the
-    running trials and the best finished ones (knobs, epoch/epochs, objectives,
-    s/epoch), then a line with trials done/total, the best so far and an ETA."""
-
-    def __init__(self, spec: Spec, every: float = 10.0, rows: int = 12):
-        self.spec, self.every, self.rows = spec, every, rows
-        self._reset()
-
-    def _reset(self) -> None:
-        self._last: dict[str, dict] = {}
-        self._printed, self._changed, self._t0 = 0.0, False, time.monotonic()
-
-    def __getstate__(self):
-        return {"spec": self.spec, "every": self.every, "rows": self.rows}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._reset()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._last[trial.trial_id] = result
-        self._changed = True
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._changed = True
-
-    def on_step_end(self, iteration, trials, **info):
-        if self._changed and time.monotonic() - self._printed >= self.every:
-            self._print(trials)
-
-    def on_experiment_end(self, trials, **info):
-        self._print(trials)
-
-    def _print(self, trials) -> None:
-        from tabulate import tabulate
-
-        self._printed, self._changed = time.monotonic(), False
-        objectives = list(self.spec.search.objectives)
-        first, mode = objectives[0], self.spec.search.objectives[objectives[0]]
-        keys = [k for k in self.spec.searched_keys() if k != "seed"]
-        total = _total(self.spec)
-        rows, best = [], None
-        for i, t in enumerate(trials):
-            r = self._last.get(t.trial_id) or {}
-            if first in r and (best is None or (r[first] > best[0]) == (mode == "max")):
-                best = (r[first], i)
-            train, _ = self.spec.resolve(dict(t.config))
-            rows.append([i, t.status.lower(), " ".join(f"{k}={_short(t.config.get(k))}"
-                                                        for k in keys),
-                         f"{r.get('epoch', 0)}/{train.epochs}",
-                         *(f"{r[o]:.4g}" if o in r else "" for o in objectives),
-                         f"{r['epoch_time_s']:.3g}" if "epoch_time_s" in r else ""])
-        live = [x for x in rows if x[1] in ("running", "pending", "paused")]
-        ended = [x for x in rows if x not in live]
-        key = objectives.index(first) + 4
-        ended.sort(key=lambda x: float(x[key]) if x[key] else float("inf") * (1 if mode == "min" else -1),
-                   reverse=mode == "max")
-        shown = live[:self.rows] + ended[:max(3, self.rows - len(live))]
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        elapsed = time.monotonic() - self._t0
-        eta = f", ETA {elapsed / done * (total - done):.0f} s" if 0 < done < total else ""
-        head = ["trial", "status", "knobs", "epoch", *objectives, "s/epoch"]
-        print(tabulate(shown, head, tablefmt="simple"), flush=True)
-        print(f"{done}/{total} trials done in {elapsed:.0f} s"
-              + (f"; best {first} {best[0]:.4g} (trial {best[1]})" if best else "") + eta + "\n",
-              flush=True)
-
-
-def _short(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _total(spec: Spec) -> int:
-    return len(spec.grid_points()) * spec.search.num_samples \
-        if spec.search.method == "grid" else spec.search.num_samples
+_Live = Live  # the live view's name in the Tune state of sweeps saved before live.py
 
 
 def write_error(where: Results) -> StorageError | None:

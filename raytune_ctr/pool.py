@@ -281,8 +281,11 @@ class Coordinator:
         return [p for p in self._pools.values() if p.key == key and not p.stopping]
 
     def _grow(self, key: PoolKey) -> None:
-        """One pool per job waiting or served at once: start one if they are short."""
-        free = sum(p.running is None for p in self._live(key))
+        """One pool per job waiting or served at once: start one if they are short.
+        A pool still ending a job whose trial is done or stopped is free in a moment:
+        the next trial of its size often asks before it is, and a pool start costs
+        tens of CPU-seconds (measured: 5 such starts in a 200-trial sweep)."""
+        free = sum(p.running is None or p.running not in self._jobs for p in self._live(key))
         if len(self._queues[key]) > free:
             self._new_pool(key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import tempfile
@@ -58,3 +59,23 @@ def emit(result: dict, out: str | None) -> None:
     print(text)
     if out:
         Path(out).write_text(text)
+
+
+def phases(trace: Path) -> dict:
+    """Mean seconds from each stamp to the next in the same process (trace.py), and
+    how many trial processes (Tune's trial actors) marked a trial start."""
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    last: dict[int, tuple[str, float]] = {}
+    starters = set()
+    for line in trace.read_text().splitlines():
+        s = json.loads(line)
+        if s["phase"] == "trial_start":
+            starters.add(s["pid"])
+        if s["pid"] in last and s["phase"] != "trial_start":
+            phase, t = last[s["pid"]]
+            steps[f"{phase} -> {s['phase']}"].append(s["t"] - t)
+        last[s["pid"]] = (s["phase"], s["t"])
+    return {"trial_processes": len(starters),
+            "steps": {k: {"n": len(v), "mean_s": round(sum(v) / len(v), 4),
+                          "total_s": round(sum(v), 2)}
+                      for k, v in sorted(steps.items(), key=lambda kv: -sum(kv[1]))[:15]}}

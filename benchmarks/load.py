@@ -7,7 +7,13 @@ cluster does. Afterwards it checks and records:
   trial (the sweep's own coordinator, pools and trial processes included);
 - the driver's, raylet's and GCS's resident memory over the sweep (the curve);
 - the sweep's wall time and efficiency: the trials' training + evaluation seconds,
-  each times the CPUs it trained on, over wall seconds times the cluster's CPUs.
+  each times the CPUs it trained on, over wall seconds times the cluster's CPUs;
+- its peer: the same sweep written with plain Ray Tune (`_plain_tune.py`), run just
+  before on a fresh head of the same size, with and without a checkpoint every epoch; and the
+  ratio of seconds per trial, raytune_ctr over plain Tune with checkpoints;
+- seconds per trial by hundreds of trials (flat or growing), the driver's resident
+  memory per trial (report included), the trial processes started, and where a
+  trial's bookkeeping goes (the mean time between the trace stamps, trace.py).
 
     python benchmarks/load.py [--trials 200] [--out docs/results/.../load.json]
     python benchmarks/load.py --smoke   # 12 trials
@@ -18,7 +24,9 @@ Exits 1 when a trial is lost or failed or anything is left behind.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +34,7 @@ import time
 from pathlib import Path
 
 from _cluster import Head, settled
-from _common import SMOKE, emit
+from _common import SMOKE, emit, phases
 
 from raytune_ctr import checks
 from raytune_ctr import sweep as sweep_lib
@@ -103,6 +111,40 @@ def spec(args) -> dict:
     }
 
 
+def plain(args, checkpoint: bool) -> dict:
+    """The peer, in a process of its own (its driver's memory is its own), on a fresh
+    head of the same size, as each sweep gets."""
+    head = Head(args.cpus)
+    try:
+        cmd = [sys.executable, str(Path(__file__).with_name("_plain_tune.py")),
+               "--address", head.address, "--trials", str(args.trials),
+               "--epochs", str(args.epochs), "--subset", str(args.subset),
+               *(["--checkpoint"] if checkpoint else [])]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    finally:
+        head.stop()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def by_hundred(ends: list[float], start: float = 0.0) -> list[float]:
+    """Seconds per trial for each hundred trials in the order they ended."""
+    ends, out, prev = sorted(ends), [], start
+    for i in range(99, len(ends), 100):
+        out.append(round((ends[i] - prev) / 100, 3))
+        prev = ends[i]
+    return out
+
+
+def per_trial_kb(curve: list[dict]) -> float | None:
+    """The driver's growth per trial from the first sample with a trial done to the
+    last one (after the report), in KB."""
+    rows = [r for r in curve if r["trials_done"] and r.get("driver_rss_mb") is not None]
+    if len(rows) < 2 or rows[-1]["trials_done"] == rows[0]["trials_done"]:
+        return None
+    return round(1024 * (rows[-1]["driver_rss_mb"] - rows[0]["driver_rss_mb"])
+                 / (rows[-1]["trials_done"] - rows[0]["trials_done"]), 1)
+
+
 def growth(curve: list[dict], key: str) -> float | None:
     """The last sample minus the first, in MB."""
     vals = [row[key] for row in curve if row.get(key) is not None]
@@ -122,6 +164,9 @@ def main() -> int:
     if args.smoke:
         args.trials, args.every = 12, 1.0
 
+    trace = Path(tempfile.mkdtemp()) / "trace.jsonl"
+    os.environ["RAYTUNE_CTR_TRACE"] = str(trace)  # the head's processes inherit it
+    peers = {"plain_tune": plain(args, False), "plain_tune_checkpoints": plain(args, True)}
     head = Head(args.cpus)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +176,7 @@ def main() -> int:
             sweep_lib.connect(head.address)
             memory = Memory(where.local / "trials.parquet", args.every)
             memory.start()
-            t0 = time.perf_counter()
+            t0, start = time.perf_counter(), time.time()
             df = sweep_lib.run(s, where, address=head.address).trials
             wall = time.perf_counter() - t0
             memory.stop.set()
@@ -160,7 +205,23 @@ def main() -> int:
         "wall_s": round(wall, 1), "cpus": cpus,
         "train_eval_s": round(float(busy.sum()), 1),
         "efficiency": round(float((busy * slots).sum()) / (wall * cpus), 3),
-        "s_per_trial": round(wall / max(1, status.size), 2),
+        "s_per_trial": round(wall / max(1, status.size), 3),
+        "plain_tune": {k: {"wall_s": v["wall_s"], "trials": v["trials"],
+                           "statuses": v["statuses"],
+                           "s_per_trial": round(v["wall_s"] / max(1, v["trials"]), 3),
+                           "s_per_trial_by_hundred": by_hundred(v["ended_s"]),
+                           "driver_rss_mb": v["driver_rss_mb"]} for k, v in peers.items()},
+        # the issue's figure: raytune_ctr's seconds per trial over plain Tune's with
+        # a checkpoint every epoch, on the same head
+        "ratio_to_plain_tune_checkpoints": round(
+            (wall / max(1, status.size)) / (peers["plain_tune_checkpoints"]["wall_s"]
+                                            / max(1, peers["plain_tune_checkpoints"]["trials"])),
+            2),
+        "s_per_trial_by_hundred": by_hundred(
+            df.groupby("trial_index")["ended_at"].max().dropna().tolist(), start),
+        # from the first trial's end, so that start-up's imports are not counted per trial
+        "driver_rss_kb_per_trial": per_trial_kb(memory.curve),
+        "trace": phases(trace) if trace.is_file() else None,
         "driver_rss_growth_mb": growth(memory.curve, "driver_rss_mb"),
         "raylet_rss_growth_mb": growth(memory.curve, "raylet_rss_mb"),
         "gcs_rss_growth_mb": growth(memory.curve, "gcs_rss_mb"),

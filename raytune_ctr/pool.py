@@ -43,6 +43,10 @@ PIPELINE_S = 1.0  # epochs shorter than this go on before Tune's verdict on the 
 SILENT_S = 10.0
 POOL_START_S = 300.0  # a pool not up by then gives up, and its key's queued jobs fail
 GIVE_UP_AFTER = 3  # pools of a key that ended in a row without serving a job
+# A pool still ending a job nobody waits for (its trial was stopped mid-epoch) is
+# waited for this long by the next job of its size before a new pool starts: a start
+# costs tens of CPU-seconds, longer than a small epoch, shorter than a long one.
+FREE_SOON_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class _Pool:
     id: int
     key: PoolKey
     running: str | None = None  # the job its workers serve now
+    given_up: float | None = None  # when its running job lost its trial (done or stopped)
     up: bool = False  # its workers are up (warming up, or asking for work)
     served: bool = False  # it took a job
     ahead: bool = False  # started before any trial asked (`start`)
@@ -134,7 +139,7 @@ class Coordinator:
                                               f"silent for {SILENT_S:g} s"))
             event = job.events.popleft()
             if event[0] != "epoch":
-                del self._jobs[job_id]
+                self._drop(job_id)
             return event
 
     def answer(self, job_id: str, epoch: int) -> None:
@@ -174,7 +179,7 @@ class Coordinator:
                 if pool.stopping:
                     return STOP
                 if queue:
-                    pool.running, pool.served = queue.popleft(), True
+                    pool.running, pool.served, pool.given_up = queue.popleft(), True, None
                     self._fruitless[pool.key] = 0
                     job = self._jobs[pool.running]
                     job.heard = time.monotonic()
@@ -282,10 +287,13 @@ class Coordinator:
 
     def _grow(self, key: PoolKey) -> None:
         """One pool per job waiting or served at once: start one if they are short.
-        A pool still ending a job whose trial is done or stopped is free in a moment:
-        the next trial of its size often asks before it is, and a pool start costs
-        tens of CPU-seconds (measured: 5 such starts in a 200-trial sweep)."""
-        free = sum(p.running is None or p.running not in self._jobs for p in self._live(key))
+        A pool ending a job whose trial is done or stopped counts as free for
+        FREE_SOON_S: the next trial of its size often asks before the pool has left
+        the job (5 needless pool starts in a 200-trial sweep); `_watch` grows again
+        once that has passed."""
+        now = time.monotonic()
+        free = sum(p.running is None or (p.given_up is not None and now - p.given_up < FREE_SOON_S)
+                   for p in self._live(key))
         if len(self._queues[key]) > free:
             self._new_pool(key)
 
@@ -295,8 +303,16 @@ class Coordinator:
         pool.thread = threading.Thread(target=self._run, args=(pool,), daemon=True)
         pool.thread.start()
 
-    def _cancel(self, job_id: str) -> None:
+    def _drop(self, job_id: str) -> _Job | None:
+        """Forget a job; a pool still serving it is told when (`_grow`)."""
         job = self._jobs.pop(job_id, None)
+        for pool in self._pools.values():
+            if pool.running == job_id:
+                pool.given_up = time.monotonic()
+        return job
+
+    def _cancel(self, job_id: str) -> None:
+        job = self._drop(job_id)
         if job is None:
             return
         job.cancelled = True
@@ -373,13 +389,17 @@ class Coordinator:
                 for job_id, job in list(self._jobs.items()):
                     if now - job.heard > SILENT_S:
                         self._cancel(job_id)
-                for pool in self._pools.values():
+                for pool in list(self._pools.values()):
                     if not pool.up and not pool.stopping and now - pool.started > POOL_START_S:
                         pool.stopping = True  # its thread ends once Train gives up or it is up
                         for job_id in list(self._queues[pool.key]):
                             self._fail(job_id, RuntimeError(
                                 f"the {pool.key} worker pool did not start within "
                                 f"{POOL_START_S:g} s (are its resources free on that node?)"))
+                        self._cv.notify_all()  # trials in wait_up see it now
+                for key, queue in list(self._queues.items()):
+                    if queue and not self._closed:
+                        self._grow(key)  # a pool counted free soon that was not
 
 
 def _group_failures(coordinator, pool_id: int):

@@ -53,3 +53,15 @@ def test_two_live_jobs_of_one_size_get_two_pools(coordinator):
     _serve(c, started, "a")
     c.submit(KEY, {"id": "b", "trial_id": "t-b"})  # a's trial is still training
     assert len(started) == 2
+
+
+def test_a_pool_stuck_in_a_given_up_job_is_waited_for_only_so_long(coordinator):
+    c, started = coordinator
+    _serve(c, started, "a")
+    c.cancel("a")  # a's trial stopped; its rank 0 is in a long epoch
+    c.submit(KEY, {"id": "b", "trial_id": "t-b"})
+    assert len(started) == 1
+    started[0].given_up -= pool.FREE_SOON_S + 1
+    with c._cv:
+        c._grow(KEY)  # what the coordinator's watch does every 2 s
+    assert len(started) == 2

@@ -11,6 +11,7 @@ a pool's relay never imports torch.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 import uuid
@@ -61,7 +62,9 @@ def _train_here(job: dict, extra: dict, coordinator) -> None:
 
     # A pool's start is a burst of CPU that would slow this trial's epochs and skew
     # their timings; this process's own start and imports went on beside it.
-    ray.get(coordinator.wait_up.remote(POOL_START_S))
+    if not ray.get(coordinator.wait_up.remote(POOL_START_S)):
+        logging.getLogger(__name__).warning(
+            "worker pools not up after %d s; training anyway", POOL_START_S)
     trace.mark("pools_up")
 
     res = job["resources"]

@@ -59,7 +59,9 @@ def math_precision(precision: str, conv: bool) -> str:
 
 # Our models' FLOPs per sample by `train.flops_key`, for this torch and this code of
 # our models and of the count: counting imports dynamo, seconds before a first trial.
-FLOPS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "raytune_ctr" / "flops.json"
+# expanduser, not Path.home(): no home is no cache (OSError when written), not an import error.
+FLOPS_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                   "raytune_ctr", "flops.json")
 
 
 def _flops_version() -> str:

@@ -522,9 +522,9 @@ def count_flops(spec: Spec) -> dict[str, float]:
     """Every model's training FLOPs per sample, counted once for the sweep (keys:
     `flops_key`). Counting imports torch._dynamo, seconds of CPU that no
     trial process should pay; a trial whose shape is not here counts its own.
-    Our own models' counts are kept on disk (`hardware.FLOPS_CACHE`), so only a
-    machine's first sweep of a shape pays them; a user's model is counted each time:
-    its code may change under the same name."""
+    Our own vision models' counts are kept on disk (`hardware.FLOPS_CACHE`), so only
+    a machine's first sweep of a shape pays them; a user's model or a text model is
+    counted each time: its code or config may change under the same name."""
     cand = candidates(spec)
     cached = hardware.read_flops_cache()
     flops, new = {}, {}
@@ -536,7 +536,9 @@ def count_flops(spec: Spec) -> dict[str, float]:
             dtype = ds.train.x.dtype if isinstance(ds.train, data.TensorSet) else torch.float32
             for hidden in cand["hidden"] if name == "mlp" else [spec.train.hidden]:
                 t = dataclasses.replace(spec.train, model=name, hidden=hidden)
-                ours = not usercode.is_path(name)
+                # A text model's layers come from a hub or folder config this key
+                # does not see: counted each time, as a user's model is.
+                ours = not usercode.is_path(name) and source is None
                 if ours and (key := flops_key(t, ds.input_shape, ds.num_classes, dtype)) in cached:
                     flops[key] = cached[key]
                     continue

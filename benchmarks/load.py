@@ -195,6 +195,9 @@ def main() -> int:
     last = df.sort_values("epoch").groupby("trial_index").tail(1).set_index("trial_index")
     busy = df.groupby("trial_index")[["epoch_time_s", "eval_time_s"]].sum().sum(axis=1)
     slots = last["num_workers"] * last["cpus_per_worker"]
+    steps = phases(trace) if trace.is_file() else None
+    fit = (steps or {}).get("steps", {}).get("tuner_fit -> tuner_done")
+    fit_s = fit["total_s"] if fit else None
     result = {
         "trials_asked": args.trials, "trials_in_table": int(status.size),
         "lost": int(args.trials - status.size),
@@ -217,11 +220,20 @@ def main() -> int:
             (wall / max(1, status.size)) / (peers["plain_tune_checkpoints"]["wall_s"]
                                             / max(1, peers["plain_tune_checkpoints"]["trials"])),
             2),
+        # the same over Tune's run alone (tuner.fit), as the peer's wall is: without
+        # raytune_ctr's start, tables and report
+        "ratio_fit_only": round((fit_s / max(1, status.size)) / (
+            peers["plain_tune_checkpoints"]["wall_s"]
+            / max(1, peers["plain_tune_checkpoints"]["trials"])), 2) if fit_s else None,
         "s_per_trial_by_hundred": by_hundred(
             df.groupby("trial_index")["ended_at"].max().dropna().tolist(), start),
-        # from the first trial's end, so that start-up's imports are not counted per trial
+        # from the first trial's end, so that start-up's imports are not counted per
+        # trial; to the end (the report included), and to the last sample before the
+        # last trial ended (the sweep alone)
         "driver_rss_kb_per_trial": per_trial_kb(memory.curve),
-        "trace": phases(trace) if trace.is_file() else None,
+        "driver_rss_kb_per_trial_sweep_only": per_trial_kb(
+            [r for r in memory.curve if r["trials_done"] < status.size]),
+        "trace": steps,
         "driver_rss_growth_mb": growth(memory.curve, "driver_rss_mb"),
         "raylet_rss_growth_mb": growth(memory.curve, "raylet_rss_mb"),
         "gcs_rss_growth_mb": growth(memory.curve, "gcs_rss_mb"),

@@ -35,6 +35,7 @@ from typing import Any
 import ray
 
 from raytune_ctr.errors import one_line
+from raytune_ctr.gate import Gate
 
 STOP = "stop"  # take(): the pool is shutting down
 PIPELINE_S = 1.0  # epochs shorter than this go on before Tune's verdict on the last
@@ -97,6 +98,7 @@ class Coordinator:
         self._fruitless: collections.Counter = collections.Counter()  # key -> pools in a row
         self._ids = itertools.count()
         self._closed = False
+        self._gate: Gate | None = None  # a one-node sweep's CPUs (gate.py)
         threading.Thread(target=self._watch, daemon=True).start()
 
     # --- Tune's failure count: written by the driver's callback, read by trials
@@ -107,6 +109,30 @@ class Coordinator:
     def failures(self, trial_id: str) -> tuple[int, str]:
         with self._cv:
             return self._failures.get(trial_id, (0, ""))
+
+    # --- the CPUs of a one-node sweep (gate.py)
+    def open_gate(self, cpus: float) -> None:
+        with self._cv:
+            self._gate = Gate(cpus, self._cv, SILENT_S)
+
+    def acquire(self, trial_id: str, cpus: float, timeout: float) -> bool:
+        with self._cv:
+            if self._gate is None:
+                raise RuntimeError("the sweep's CPU gate is not open")
+            return self._gate.acquire(trial_id, cpus, timeout)
+
+    def beat(self, trial_id: str) -> bool:
+        with self._cv:
+            return self._gate is not None and self._gate.beat(trial_id)
+
+    def release(self, trial_id: str) -> None:
+        with self._cv:
+            if self._gate is not None:
+                self._gate.release(trial_id)
+
+    def gate(self) -> dict | None:
+        with self._cv:
+            return None if self._gate is None else self._gate.state()
 
     # --- the trial's side of a job
     def submit(self, key: PoolKey, job: dict) -> None:
@@ -400,6 +426,8 @@ class Coordinator:
                 for key, queue in list(self._queues.items()):
                     if queue and not self._closed:
                         self._grow(key)  # a pool counted free soon that was not
+                if self._gate is not None:
+                    self._gate.expire()
 
 
 def _group_failures(coordinator, pool_id: int):

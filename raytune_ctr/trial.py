@@ -11,6 +11,7 @@ a pool's relay never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import threading
@@ -20,12 +21,18 @@ from pathlib import Path
 import ray
 
 from raytune_ctr import results, script, trace
+from raytune_ctr.gate import BEAT_S
 from raytune_ctr.pool import POOL_START_S, PoolKey
 from raytune_ctr.spec import Spec, hour_usd
 
+_pools_up = False  # this process has seen the pools started ahead up
 
-def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) -> None:
-    """Tune's function for every trial of the sweep."""
+
+def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float],
+              gated: bool = False) -> None:
+    """Tune's function for every trial of the sweep. `gated`: its process holds a
+    sliver of a CPU, and the trial holds its workers' CPUs in the coordinator's
+    gate while it trains (gate.py)."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -45,13 +52,38 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float]) ->
                "data": spec.data, "train": train, "resources": res,
                "objectives": list(spec.search.objectives), "state": state, "flops": flops,
                "hour_usd": price}
-        if res.num_workers == 1:
-            _train_here(job, extra, coordinator)
-        else:
-            _relay(job, extra, coordinator)
+        with _cpus(coordinator, trial_id, res.num_workers * res.worker_cpus) if gated \
+                else contextlib.nullcontext():
+            if res.num_workers == 1:
+                _train_here(job, extra, coordinator)
+            else:
+                _relay(job, extra, coordinator)
     finally:
         trace.mark("trial_end")
         trace.set_trial(None)
+
+
+@contextlib.contextmanager
+def _cpus(coordinator, trial_id: str, cpus: float):
+    """Hold `cpus` of the node's CPUs in the coordinator's gate, first come, first
+    served; beat while holding, so a dead process's CPUs come back."""
+    while not ray.get(coordinator.acquire.remote(trial_id, cpus, BEAT_S * 2)):
+        pass
+    trace.mark("cpus_held")
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(BEAT_S):
+            coordinator.beat.remote(trial_id)
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        # Waited on: a threaded actor runs calls in any order, and a trial Tune
+        # restarts in this process asks again under the same id.
+        ray.get(coordinator.release.remote(trial_id))
 
 
 def _train_here(job: dict, extra: dict, coordinator) -> None:
@@ -61,11 +93,15 @@ def _train_here(job: dict, extra: dict, coordinator) -> None:
     from raytune_ctr import train as train_lib
 
     # A pool's start is a burst of CPU that would slow this trial's epochs and skew
-    # their timings; this process's own start and imports went on beside it.
-    if not ray.get(coordinator.wait_up.remote(POOL_START_S)):
-        logging.getLogger(__name__).warning(
-            "worker pools not up after %d s; training anyway", POOL_START_S)
-    trace.mark("pools_up")
+    # their timings; this process's own start and imports went on beside it. Once up,
+    # the pools started ahead stay up, so a reused process asks no more.
+    global _pools_up
+    if not _pools_up:
+        _pools_up = ray.get(coordinator.wait_up.remote(POOL_START_S))
+        if not _pools_up:
+            logging.getLogger(__name__).warning(
+                "worker pools not up after %d s; training anyway", POOL_START_S)
+        trace.mark("pools_up")
 
     res = job["resources"]
     torch.set_num_threads(res.threads)

@@ -19,7 +19,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from raytune_ctr import plan, pool, results, script, train, trial
+from raytune_ctr import gate, plan, pool, results, script, train, trial
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.live import Live
@@ -111,19 +111,21 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
 
     trace.mark("sweep_start")
     _quiet(verbose)
-    live = _live_trials(spec, concurrency)
+    gated = _gated(spec)
+    live = concurrency if gated else _live_trials(spec, concurrency)
     param_space, search_alg, num_samples = _search(spec, where, live)
-    coordinator = _start_coordinator(spec, where)
+    coordinator = _start_coordinator(spec, where, gated)
     trace.mark("coordinator_started")
     flops = _flops(spec)  # while the coordinator's pools start
     trace.mark("flops_counted")
     try:
         tuner = tune.Tuner(
-            _trainable(spec, coordinator, flops),
+            _trainable(spec, coordinator, flops, gated),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
-                max_concurrent_trials=None if spec.search.method != "optuna" else live,
+                # Gated, Ray's resources no longer bound how many trials Tune starts.
+                max_concurrent_trials=live if gated or spec.search.method == "optuna" else None,
                 reuse_actors=True, trial_dirname_creator=_dirname),
             run_config=_run_config(spec, where, verbose),
         )
@@ -157,13 +159,15 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
     from ray import tune
 
     _quiet(verbose=False)
-    coordinator = _start_coordinator(spec, where)
+    gated = _gated(spec)
+    coordinator = _start_coordinator(spec, where, gated)
     flops = _flops(spec)
     try:
         try:
             # The run config (and its callback, which finds this coordinator by name)
             # comes back from the interrupted run.
-            tuner = tune.Tuner.restore(where.where, trainable=_trainable(spec, coordinator, flops),
+            tuner = tune.Tuner.restore(where.where,
+                                       trainable=_trainable(spec, coordinator, flops, gated),
                                        resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
         except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
@@ -280,15 +284,33 @@ def _flops(spec: Spec) -> dict[str, float]:
     return train.count_flops(spec) if spec.runner == "loop" else {}
 
 
-def _trainable(spec: Spec, coordinator, flops: dict[str, float]):
+def _gated(spec: Spec) -> bool:
+    """Whether every trial's process asks Ray for the same sliver of a CPU and holds
+    its workers' CPUs in the coordinator's gate (gate.py), so that Tune reuses one
+    process for trials of any worker count: on a one-node cluster (the sweep takes
+    its CPUs as its own, as its CPU pools already do), for our loop on CPUs, when
+    trials differ in CPUs (else they all ask the same already) and none reserves
+    memory."""
+    import ray
+
+    every = spec_lib.all_resources(spec)
+    return (spec.runner == "loop"
+            and len([n for n in ray.nodes() if n.get("Alive")]) == 1
+            and len({r.num_workers * r.worker_cpus for r in every}) > 1
+            and not any(r.use_gpu or r.max_memory_gb for r in every))
+
+
+def _trainable(spec: Spec, coordinator, flops: dict[str, float], gated: bool):
     from ray import tune
 
     def resources(config: dict):
         _, res = spec.resolve(config)
-        return tune.PlacementGroupFactory([plan.trial_resources(res, spec.runner != "loop")])
+        return tune.PlacementGroupFactory([gate.TOKEN if gated else
+                                           plan.trial_resources(res, spec.runner != "loop")])
 
     return tune.with_resources(tune.with_parameters(trial.run_trial, spec=spec,
-                                                    coordinator=coordinator, flops=flops),
+                                                    coordinator=coordinator, flops=flops,
+                                                    gated=gated),
                                resources)
 
 
@@ -317,7 +339,7 @@ def _coordinator_name(where: Results) -> str:
     return f"raytune_ctr-{where.name}"
 
 
-def _start_coordinator(spec: Spec, where: Results):
+def _start_coordinator(spec: Spec, where: Results, gated: bool):
     """The sweep's coordinator (pool.py), owned by this driver. On a one-node cluster
     the CPU pools the spec's trials can ask for start now, beside Tune's own start
     and the first trial process's: a pool takes seconds to start, longer than a
@@ -331,6 +353,8 @@ def _start_coordinator(spec: Spec, where: Results):
     except ValueError:  # the name is taken
         raise SpecError("--name", "a sweep of that name is running on this Ray cluster",
                         where.name) from None
+    if gated:
+        ray.get(coordinator.open_gate.remote(ray.cluster_resources()["CPU"]))
     # A user's function or script runs its ranks itself (torchrun): no pool serves it.
     if spec.runner == "loop" and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
         ip = ray.util.get_node_ip_address()

@@ -202,6 +202,53 @@ def test_killed_trial_process_of_a_ddp_trial_restarts_it_on_the_same_pool(write_
     assert df["test_acc"].iloc[-1] > 90.0
 
 
+@pytest.mark.parametrize("max_failures", [1, 0], ids=["restarted", "failed"])
+def test_killed_trial_process_gives_its_cpus_back_to_the_gate(write_spec, tmp_path, monkeypatch,
+                                                              max_failures):
+    """Workers searched on one node: trials hold their CPUs in the coordinator's gate
+    (gate.py), not in Ray. The process of the trial holding them dies while the
+    other trial waits. Restarted, the trial takes its CPUs back and goes on from its
+    checkpoint; FAILED, its CPUs come back once it is silent. Either way the other
+    trial finishes; without that, the sweep hangs."""
+    spec = write_spec({
+        "name": "gate-kill",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [64], "epochs": 20, "optimizer": "adam", "lr": 1e-3,
+                  "lr_schedule": "none"},
+        "search": {"method": "grid", "max_failures": max_failures,
+                   "grid": {"num_workers": [1, 2]}},
+    })
+    trace = tmp_path / "trace.jsonl"  # which process holds the CPUs, for which trial
+    monkeypatch.setenv("RAYTUNE_CTR_TRACE", str(trace))
+    run = tmp_path / "res" / "gate"
+    proc = sweep("--config", spec, "--storage-path", tmp_path / "res", "--name", "gate")
+    holder: dict = {}
+
+    def one_holds_and_one_waits():
+        marks = [json.loads(line) for line in trace.read_text().splitlines()] \
+            if trace.is_file() else []
+        held = {m["trial"]: m["pid"] for m in marks if m["phase"] == "cpus_held"}
+        started = {m["trial"] for m in marks if m["phase"] == "trial_start"}
+        at = checkpoints(run)
+        if len(started) == 2 and len(held) == 1 and at.get(t := next(iter(held)), 0) >= 3:
+            holder.update(trial=t, pid=held[t])
+        return bool(holder)
+
+    wait_for(one_holds_and_one_waits, proc, "one trial at epoch 3 while the other waits")
+    os.kill(holder["pid"], signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+
+    df = trials(run)
+    status = df.groupby("trial_id")["status"].first().to_dict()
+    killed = "COMPLETED" if max_failures else "FAILED"
+    assert status == {t: killed if t == holder["trial"] else "COMPLETED" for t in status}
+    if max_failures:
+        assert len(df) == 40
+        retries = df.groupby("trial_id")["retries"].max()
+        assert retries.to_dict() == {t: int(t == holder["trial"]) for t in retries.index}
+
+
 @pytest.mark.parametrize("sig,times", [(signal.SIGINT, 1), (signal.SIGTERM, 1),
                                        (signal.SIGINT, 2)],
                          ids=["ctrl-c", "sigterm", "ctrl-c-twice"])

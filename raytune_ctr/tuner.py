@@ -442,7 +442,8 @@ class _Tables(Callback):
     def __init__(self, spec: Spec, where: Results):
         self.spec, self.where = spec, where
         self._reported: dict[str, list[dict]] = collections.defaultdict(list)
-        self._rows: dict[str, object] = {}  # trial id -> its table rows, once it ended
+        self._tabled: set[str] = set()  # trials whose rows are in the table
+        self._df = None  # the table so far: each ended trial's rows, appended
         self.ended: set[str] | None = None  # trials that ended of themselves
         self.write_error: StorageError | None = None
         self._uploaded = 0.0
@@ -476,9 +477,11 @@ class _Tables(Callback):
         import pandas as pd
         from ray.tune import Result
 
+        new = []
         for i, t in enumerate(trials):
-            if t.trial_id in (self.ended or ()) and t.trial_id not in self._rows:
-                reported = self._reported.get(t.trial_id)
+            if t.trial_id in (self.ended or ()) and t.trial_id not in self._tabled:
+                # Its reports are in its rows now: the driver keeps no more of it.
+                reported = self._reported.pop(t.trial_id, None)
                 status = now.get(t.trial_id, t.status)
                 r = Result(metrics=dict(t.last_result or {}), checkpoint=None, path=t.path,
                            error=(t.get_pickled_error() or t.get_error())
@@ -486,12 +489,16 @@ class _Tables(Callback):
                            metrics_dataframe=pd.DataFrame(reported) if reported else None,
                            _storage_filesystem=t.storage.storage_filesystem if t.storage
                            else None)
-                self._rows[t.trial_id] = results.table([(i, r)], [status], self.spec)
-        if not self._rows:
+                new.append(results.table([(i, r)], [status], self.spec, live=True))
+                self._tabled.add(t.trial_id)
+        if not new:
             return
-        df = results.one_type_per_column(pd.concat(list(self._rows.values()), ignore_index=True))
+        # Appended, not rebuilt from every trial's rows: a trial's end costs the same
+        # at the thousandth trial as at the first (but for the parquet file's write).
+        self._df = results.one_type_per_column(
+            pd.concat(new if self._df is None else [self._df, *new], ignore_index=True))
         try:
-            self.where.write_tables(df, self.spec, final=False)
+            self.where.write_tables(self._df, self.spec, final=False)
             # At a URI the head's disk may go with its pod: the tables go there too,
             # at most once a minute (the folder is copied whole).
             if self.where.remote and time.monotonic() - self._uploaded > 60:

@@ -353,6 +353,9 @@ def build(run_dir: Path) -> Path:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its in-memory studies, each a line
     run_dir = Path(run_dir)
     spec, df = results.load(run_dir)
+    csv = run_dir / results.TRIALS_CSV
+    if not csv.is_file() or csv.stat().st_mtime < (run_dir / results.TRIALS).stat().st_mtime:
+        df.to_csv(csv, index=False)  # a sweep that died kept only the parquet current
     df = label_trials(df, spec)
     target = spec.report.target_acc
     n_trials = df["trial_index"].nunique()

@@ -11,9 +11,10 @@ group; rank 0 hands each epoch's metrics and checkpoint to the trial, which
 reports them to Tune (whose stop cancels the job).
 
 Resources: the trial's Tune actor reserves the workers' CPUs, so Tune's resource
-line and the deadlock-free planning count them there; a CPU pool's workers hold
-only a token of their node (the trial's), so an idle CPU pool holds nothing a
-trial needs. A GPU pool's workers hold their GPUs (a worker sees only the GPUs it
+line and the deadlock-free planning count them there (on one node, when trials
+differ in CPUs, the trial holds them in this coordinator's gate instead: gate.py);
+a CPU pool's workers hold only a token of their node (the trial's), so an idle
+CPU pool holds nothing a trial needs. A GPU pool's workers hold their GPUs (a worker sees only the GPUs it
 holds) wherever Ray puts them, and the pool stops once no live trial needs it.
 
 Failures: an error that every rank raises alike (set-up that fails, a diverged

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from raytune_ctr import spec as spec_lib
-from raytune_ctr import writeup
+from raytune_ctr import trace, writeup
 from raytune_ctr.errors import DataError, SpecError, StorageError
 from raytune_ctr.results import LOCAL_RESULTS, Results
 
@@ -94,7 +94,8 @@ def sweep(args: argparse.Namespace) -> int:
                                     "sweep's saved spec.yaml and name; leave it out",
                                     getattr(args, flag))
             where = Results.interrupted(args.storage_path, args.resume)
-            outcome = sweep_lib.resume(where, address=args.address, verbose=args.verbose)
+            outcome = sweep_lib.resume(where, address=args.address, verbose=args.verbose,
+                                       started=trace.process_start())
         else:
             flags = {"report": {"target_acc": args.target_acc},
                      "resources": {"peak_tflops": args.peak_tflops}}
@@ -112,7 +113,8 @@ def sweep(args: argparse.Namespace) -> int:
                 return 0
             name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             where = Results.new(args.storage_path, name)
-            outcome = sweep_lib.run(spec, where, address=args.address, verbose=args.verbose)
+            outcome = sweep_lib.run(spec, where, address=args.address, verbose=args.verbose,
+                                    started=trace.process_start())
     except (SpecError, DataError) as err:
         return _fail(str(err))
     except StorageError as err:  # mid-sweep: what was written before stays readable
@@ -166,8 +168,6 @@ def compare_cmd(args: argparse.Namespace) -> int:
 
 
 def sweep_main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from raytune_ctr import trace
-
     trace.command()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return sweep(sweep_parser(prog).parse_args(argv))

@@ -28,11 +28,18 @@ def _s(v) -> float:
     return 0.0 if v is None or pd.isna(v) else float(v)
 
 
-def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
+def timeline(df: pd.DataFrame, commands: list[dict] | None = None
+             ) -> tuple[pd.DataFrame, int, float, float]:
     """Each trial's phases in wall-clock time, packed into slots (a run takes the first
-    slot free when it starts): (segments, slots, wall seconds, efficiency: training +
-    evaluation seconds over wall seconds × slots). A trial restarted (a retry, a
-    resumed sweep) is a run per start, each with its own set-up."""
+    slot free when it starts): (segments, slots, wall seconds, efficiency). A trial
+    restarted (a retry, a resumed sweep) is a run per start, each with its own set-up.
+
+    Without `commands`, time starts at the first trial's start and efficiency is
+    training + evaluation seconds over wall seconds × slots. With the commands that
+    ran the trials (results.commands: start, trials' end, the cluster's CPUs), time
+    starts when the first command did, wall is the commands' seconds, and efficiency
+    is training + evaluation seconds × the CPUs each trial held, over each command's
+    seconds × its CPUs: start-up counts as what it is."""
     cols = ["trial_index", "run", "phase", "start", "end"]
     if "ended_at" not in df:
         return pd.DataFrame(columns=[*cols, "slot"]), 0, 0.0, float("nan")
@@ -53,7 +60,8 @@ def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
     seg = pd.DataFrame(segs, columns=cols)
     if seg.empty:
         return seg.assign(slot=[]), 0, 0.0, float("nan")
-    t0 = seg["start"].min()
+    whole = bool(commands) and all(c.get("cpus") for c in commands or [])
+    t0 = min(c["started"] for c in commands) if whole and commands else seg["start"].min()
     seg["start"] -= t0
     seg["end"] -= t0
     span = seg.groupby("run").agg(start=("start", "min"), end=("end", "max"))
@@ -68,13 +76,44 @@ def timeline(df: pd.DataFrame) -> tuple[pd.DataFrame, int, float, float]:
             free[j] = r["end"]
         slot[run] = j
     seg["slot"] = seg["run"].map(slot)
-    wall = float(seg["end"].max())
     work = seg[seg["phase"] != "setup"]
+    if whole and commands:
+        held = (df.groupby("trial_index")["num_workers"].first()
+                * df.groupby("trial_index")["cpus_per_worker"].first()) \
+            if {"num_workers", "cpus_per_worker"} <= set(df) else pd.Series(dtype=float)
+        cpus = work["trial_index"].map(held).fillna(1.0)
+        busy = float(((work["end"] - work["start"]) * cpus).sum())
+        wall = sum(c["ended"] - c["started"] for c in commands)
+        room = sum((c["ended"] - c["started"]) * c["cpus"] for c in commands)
+        return seg, len(free), wall, busy / room if room > 0 else float("nan")
+    wall = float(seg["end"].max())
     busy = float((work["end"] - work["start"]).sum())
     return seg, len(free), wall, busy / (wall * len(free)) if wall > 0 else float("nan")
 
 
-def _timeline_figure(df: pd.DataFrame, tl):
+def timeline_axis(whole: bool) -> str:
+    return "seconds since the command started" if whole else "seconds since the first trial started"
+
+
+def timeline_note(tl, whole: bool) -> str:
+    """The timeline in a sentence; `whole`: it runs from the command's start."""
+    seg, slots, wall, eff = tl
+    if not slots:
+        return "No epoch carried a time stamp (results from before `ended_at`)."
+    if whole:
+        first = float(seg["start"].min())
+        return (f"{wall:.1f} s from the command's start to its trials' end (the first trial "
+                f"started at {first:.1f} s; the report's own seconds are not in it); "
+                f"training + evaluation, times the CPUs each trial held, fill "
+                f"{100 * eff:.0f}% of the cluster's CPUs over that time (efficiency). The rest "
+                "is start-up, each trial's set-up, start and reporting, and CPUs waiting.")
+    return (f"{slots} slot{'s' if slots > 1 else ''} over {wall:.1f} s from the first "
+            f"trial's start; training + evaluation fill {100 * eff:.0f}% of "
+            f"{'them' if slots > 1 else 'it'} (efficiency). The rest is each trial's set-up, "
+            "start and reporting, and slots waiting.")
+
+
+def _timeline_figure(df: pd.DataFrame, tl, whole: bool):
     import plotly.graph_objects as go
 
     seg, slots, wall, eff = tl
@@ -98,14 +137,12 @@ def _timeline_figure(df: pd.DataFrame, tl):
                     hovertext=[f"trial {i} {phase}: {e - s:.3f} s" for i, s, e in
                                zip(p["trial_index"], p["start"], p["end"], strict=True)],
                     hoverinfo="text")
-    fig.update_layout(barmode="overlay", xaxis_title="seconds since the first trial started",
+    fig.update_layout(barmode="overlay", xaxis_title=timeline_axis(whole),
                       title="Sweep timeline: each trial's set-up, training and evaluation; "
                       "grey without a phase is idle", height=160 + 40 * slots)
-    note = (f"{slots} slot{'s' if slots > 1 else ''} over {wall:.1f} s from the first "
-            f"trial's start; training + evaluation fill {100 * eff:.0f}% of "
-            f"{'them' if slots > 1 else 'it'} (efficiency). The rest is each trial's set-up, "
-            "start and reporting, and slots waiting.")
-    return fig, note
+    if whole:  # start-up shows as what it is: the axis starts with the command
+        fig.update_xaxes(rangemode="tozero")
+    return fig, timeline_note(tl, whole)
 
 
 def _pareto_figure(s, spec: Spec, last: pd.DataFrame):
@@ -136,8 +173,9 @@ def _hardware_figure(last: pd.DataFrame):
 
 
 def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: list[str],
-          target_line: str, tl: tuple) -> Path:
-    """Write report.html into the results folder; return its path. `tl`: `timeline(df)`."""
+          target_line: str, tl: tuple, whole: bool = False) -> Path:
+    """Write report.html into the results folder; return its path. `tl`: `timeline(df)`;
+    `whole`: it was given the commands, and starts at the first one's start."""
     import optuna
     import plotly.express as px
     from plotly.offline import get_plotlyjs
@@ -170,7 +208,7 @@ def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: 
                                    color="samples_per_s" if "samples_per_s" in last else None),
                         "Each trial's last epoch."))
         figures.append(("hardware", "Hardware per trial", _hardware_figure(last), ""))
-    fig, note = _timeline_figure(df, tl)
+    fig, note = _timeline_figure(df, tl, whole)
     figures.append(("timeline", "Sweep timeline", fig, note))
 
     parts = [f"<h1>{html.escape(spec.name)}</h1>",

@@ -1,6 +1,8 @@
 """One sweep's results folder: its layout, where it lives, and the tables made in it.
 
     spec.yaml                the study, as it ran
+    commands.json            each command that ran its trials (a sweep, each resume):
+                             when it started, when its trials ended, the cluster's CPUs
     trials.parquet, .csv     one row per trial per epoch (`collect`); mid-sweep only
                              the parquet is kept current, the CSV comes at the end
     optuna.db                the Optuna study, for grid and random sweeps too
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 SPEC, TRIALS, TRIALS_CSV, OPTUNA_DB, REPORT = (
     "spec.yaml", "trials.parquet", "trials.csv", "optuna.db", "report.md")
+COMMANDS = "commands.json"  # each command that ran trials: its start, its trials' end, CPUs
 # In the folder from a sweep's start until its final tables: while it is there,
 # --resume may go on (the driver was killed, or a signal stopped it).
 UNFINISHED = "unfinished.json"
@@ -162,6 +165,14 @@ class Results:
         self._mark("running")
         self.upload()
 
+    def record_command(self, started: float, cpus: float | None) -> None:
+        """Add this command to commands.json: it started at `started` (Unix seconds)
+        and its trials have ended now, on a cluster of `cpus` CPUs."""
+        runs = commands(self.local) + [{"started": started, "ended": time.time(), "cpus": cpus}]
+        part = self.local / f".{COMMANDS}.part"
+        part.write_text(json.dumps(runs) + "\n")
+        os.replace(part, self.local / COMMANDS)
+
     def _mark(self, state: str, signum: int | None = None) -> None:
         info = {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if signum:
@@ -217,6 +228,15 @@ class Results:
         (self.local / UNFINISHED).unlink(missing_ok=True)
         if self.remote:  # upload copies files and deletes none: the mark goes there too
             storage.delete(storage.join(self.remote, UNFINISHED))
+
+
+def commands(folder: Path) -> list[dict]:
+    """The commands that ran the sweep's trials (commands.json); none before it existed."""
+    try:
+        runs = json.loads((Path(folder) / COMMANDS).read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in runs if isinstance(r, dict) and r.get("started") and r.get("ended")]
 
 
 def load(folder: Path) -> tuple[Spec, pd.DataFrame]:

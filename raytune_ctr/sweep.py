@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +42,15 @@ class Outcome:
 
 
 def run(spec: Spec, where: Results, *, address: str | None = None,
-        verbose: bool = False) -> Outcome:
+        verbose: bool = False, started: float | None = None) -> Outcome:
     """Run every trial of `spec` into the new results folder `where`. Raises SpecError
     or DataError, with nothing written, when the study cannot run here.
 
     A first SIGINT or SIGTERM stops it gracefully (`tuner.Stop`): finished trials are
     written, the rest INTERRUPTED, and `resume` goes on; a second raises tuner.Aborted.
+    `started`: when the command began (the report's timeline starts there); else now.
     """
+    started = time.time() if started is None else started
     from raytune_ctr import usercode
 
     if spec.code is not None:  # saved absolute: --resume works from any folder
@@ -67,11 +70,13 @@ def run(spec: Spec, where: Results, *, address: str | None = None,
     with tuner.Stop() as stop, _storage_errors(where):
         grid = tuner.run(spec, where, concurrency=concurrency, own_cluster=own, stop=stop,
                          verbose=verbose)
-        return _finish(grid, spec, where, stop.signum)
+        return _finish(grid, spec, where, stop.signum, started)
 
 
-def resume(where: Results, *, address: str | None = None, verbose: bool = False) -> Outcome:
+def resume(where: Results, *, address: str | None = None, verbose: bool = False,
+           started: float | None = None) -> Outcome:
     """Go on with an interrupted sweep (`Results.interrupted`) with its saved spec."""
+    started = time.time() if started is None else started
     from raytune_ctr import usercode
 
     spec = results.load_spec(where.local)
@@ -87,7 +92,7 @@ def resume(where: Results, *, address: str | None = None, verbose: bool = False)
     log.info("data: %s; resuming %s", source, where.where)
     with tuner.Stop() as stop, _storage_errors(where):
         grid = tuner.restore(spec, where, own_cluster=own, stop=stop)
-        outcome = _finish(grid, spec, where, stop.signum)
+        outcome = _finish(grid, spec, where, stop.signum, started)
     if spec.search.method == "optuna" and not outcome.interrupted:
         results.close_orphans(where)
     return outcome
@@ -109,11 +114,16 @@ def _storage_errors(where: Results):
         raise
 
 
-def _finish(grid, spec: Spec, where: Results, interrupted: int | None = None) -> Outcome:
+def _finish(grid, spec: Spec, where: Results, interrupted: int | None,
+            started: float) -> Outcome:
+    import ray
+
     from raytune_ctr import trace
 
     df = results.collect(grid, spec, tuner.ended_trials(where) if interrupted else None)
     try:
+        where.record_command(started, ray.cluster_resources().get("CPU")
+                             if ray.is_initialized() else None)
         where.write_tables(df, spec, interrupted=interrupted)
     except OSError as err:
         raise where.cannot_write(err) from None

@@ -27,13 +27,21 @@ def command() -> None:
 
     if not os.environ.get("RAYTUNE_CTR_TRACE"):
         return
-    ticks = os.sysconf("SC_CLK_TCK")
-    with open(f"/proc/{os.getpid()}/stat") as f:  # field 22: start, in ticks after boot
-        started = int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
-    with open("/proc/uptime") as f:
-        boot = time.time() - float(f.read().split()[0])
-    mark("command_start", t=boot + started)
+    mark("command_start", t=process_start())
     atexit.register(mark, "command_exit")
+
+
+def process_start() -> float | None:
+    """When this process started (Unix seconds), before its imports; None off Linux."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open(f"/proc/{os.getpid()}/stat") as f:  # field 22: start, in ticks after boot
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
+        with open("/proc/uptime") as f:
+            boot = time.time() - float(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
+    return boot + started
 
 
 def mark(phase: str, t: float | None = None, **fields) -> None:

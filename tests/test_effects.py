@@ -111,6 +111,27 @@ def test_the_timeline_packs_overlapping_trials_into_slots():
     assert set(seg["phase"]) == {"setup", "train", "eval"}
 
 
+def test_the_timeline_from_the_command_counts_start_up_and_the_cpus_each_trial_held():
+    """The command started 10 s before its first trial; a 2-CPU trial's training
+    counts twice; efficiency is over the command's seconds x the cluster's CPUs."""
+    from raytune_ctr import page
+
+    rows = []
+    for i, (start, workers) in enumerate([(0.0, 1), (0.0, 1), (1.5, 2)]):
+        t = start + 0.5  # set-up
+        rows.append({"trial_index": i, "epoch": 1, "ended_at": 1010 + t + 1.0,
+                     "epoch_time_s": 0.75, "eval_time_s": 0.25, "setup_time_s": 0.5,
+                     "num_workers": workers, "cpus_per_worker": 1.0, "status": "COMPLETED"})
+    commands = [{"started": 1000.0, "ended": 1014.0, "cpus": 2.0}]
+    seg, slots, wall, eff = page.timeline(pd.DataFrame(rows), commands)
+    assert seg["start"].min() == pytest.approx(10.0)  # start-up shows before the first bar
+    assert wall == pytest.approx(14.0)
+    assert eff == pytest.approx((1.0 + 1.0 + 2 * 1.0) / (14.0 * 2))
+    assert "from the command's start" in page.timeline_note((seg, slots, wall, eff), True)
+    # Without the commands: from the first trial's start, over slots, as before.
+    assert page.timeline(pd.DataFrame(rows))[2] == pytest.approx(3.0)
+
+
 def test_a_sweep_without_searched_knobs_has_no_effects_and_no_error():
     df, _ = study(n_per=2)
     spec = checks.from_dict({"search": {"method": "grid"}})

@@ -65,9 +65,12 @@ def test_report_html_in_a_real_browser(write_spec, tmp_path):
         assert sum(len(t.get("x") or []) for t in pareto) == finished
         bars = next(t for t in timeline if t.get("name") == "trial")
         assert len(bars["x"]) == status.size
+        # From the command's start: the first trial's bar begins after Ray's start-up.
+        assert min(bars["base"]) > 1.0, bars["base"]
         assert len(driver.find_elements("css selector", ".js-plotly-plot")) >= 5
         text = driver.find_element("tag name", "body").text
         assert "What each knob costs" in text and "`lr`" not in text  # code, not backticks
+        assert "from the command's start to its trials' end" in text
         driver.save_screenshot(str(tmp_path / "report.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors

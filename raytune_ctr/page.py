@@ -102,8 +102,9 @@ def timeline_note(tl, whole: bool) -> str:
         return "No epoch carried a time stamp (results from before `ended_at`)."
     if whole:
         first = float(seg["start"].min())
-        return (f"{wall:.1f} s from the command's start to its trials' end (the first trial "
-                f"started at {first:.1f} s; the report's own seconds are not in it); "
+        return (f"{wall:.1f} s from the command's start to its trials' end (the first "
+                f"trial's set-up began at {first:.1f} s; the report's own seconds are not in "
+                f"it); "
                 f"training + evaluation, times the CPUs each trial held, fill "
                 f"{100 * eff:.0f}% of the cluster's CPUs over that time (efficiency). The rest "
                 "is start-up, each trial's set-up, start and reporting, and CPUs waiting.")

@@ -95,7 +95,7 @@ def sweep(args: argparse.Namespace) -> int:
                                     getattr(args, flag))
             where = Results.interrupted(args.storage_path, args.resume)
             outcome = sweep_lib.resume(where, address=args.address, verbose=args.verbose,
-                                       started=trace.process_start())
+                                       started=_started())
         else:
             flags = {"report": {"target_acc": args.target_acc},
                      "resources": {"peak_tflops": args.peak_tflops}}
@@ -114,7 +114,7 @@ def sweep(args: argparse.Namespace) -> int:
             name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             where = Results.new(args.storage_path, name)
             outcome = sweep_lib.run(spec, where, address=args.address, verbose=args.verbose,
-                                    started=trace.process_start())
+                                    started=_started())
     except (SpecError, DataError) as err:
         return _fail(str(err))
     except StorageError as err:  # mid-sweep: what was written before stays readable
@@ -165,6 +165,18 @@ def compare_cmd(args: argparse.Namespace) -> int:
         return _fail(str(err))
     print(text)
     return 0 if same else 1
+
+
+_first = True  # this process has not run a sweep yet
+
+
+def _started() -> float:
+    """When this command began, for the report's timeline: the process's start for
+    its first sweep (imports count), the call's own time for any later one."""
+    global _first
+    now, start = time.time(), trace.process_start() if _first else None
+    _first = False
+    return start if start is not None and start <= now else now
 
 
 def sweep_main(argv: list[str] | None = None, prog: str | None = None) -> int:

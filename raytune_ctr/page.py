@@ -61,6 +61,10 @@ def timeline(df: pd.DataFrame, commands: list[dict] | None = None
     if seg.empty:
         return seg.assign(slot=[]), 0, 0.0, float("nan")
     whole = bool(commands) and all(c.get("cpus") for c in commands or [])
+    # A command that ran some of the trials but was not recorded (killed, or before
+    # commands.json): from the first trial's start, as without commands.
+    if whole and commands and min(c["started"] for c in commands) > seg["start"].min():
+        whole = False
     t0 = min(c["started"] for c in commands) if whole and commands else seg["start"].min()
     seg["start"] -= t0
     seg["end"] -= t0

@@ -100,6 +100,7 @@ class Coordinator:
         self._ids = itertools.count()
         self._closed = False
         self._gate: Gate | None = None  # a one-node sweep's CPUs (gate.py)
+        self._reserved = None  # the placement group holding them from Ray
         threading.Thread(target=self._watch, daemon=True).start()
 
     # --- Tune's failure count: written by the driver's callback, read by trials
@@ -112,9 +113,22 @@ class Coordinator:
             return self._failures.get(trial_id, (0, ""))
 
     # --- the CPUs of a one-node sweep (gate.py)
-    def open_gate(self, cpus: float) -> None:
+    def open_gate(self, cpus: float, reserve: float, timeout: float) -> bool:
+        """Hand out the node's `cpus` to trials, holding `reserve` of them from Ray
+        (a placement group this actor owns, gone with it), so that Ray's resource line
+        and any other job on the node see them taken. False, holding nothing, when
+        Ray cannot give them within `timeout` s (the node is not this sweep's alone)."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        pg = placement_group([{"CPU": reserve}], strategy="STRICT_PACK")
+        try:
+            ray.get(pg.ready(), timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(pg)
+            return False
         with self._cv:
-            self._gate = Gate(cpus, self._cv, SILENT_S)
+            self._gate, self._reserved = Gate(cpus, self._cv, SILENT_S), pg
+        return True
 
     def acquire(self, trial_id: str, cpus: float, timeout: float) -> bool:
         with self._cv:
@@ -303,6 +317,11 @@ class Coordinator:
         end = time.monotonic() + timeout
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
+        if self._reserved is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._reserved)
+            self._reserved = None
 
     def pools(self) -> list[str]:
         with self._cv:

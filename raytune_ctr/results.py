@@ -165,10 +165,10 @@ class Results:
         self._mark("running")
         self.upload()
 
-    def record_command(self, started: float, cpus: float | None) -> None:
-        """Add this command to commands.json: it started at `started` (Unix seconds)
-        and its trials have ended now, on a cluster of `cpus` CPUs."""
-        runs = commands(self.local) + [{"started": started, "ended": time.time(), "cpus": cpus}]
+    def record_command(self, started: float, ended: float, cpus: float | None) -> None:
+        """Add this command to commands.json: it started at `started` and its trials
+        ended at `ended` (Unix seconds), on a cluster of `cpus` CPUs."""
+        runs = commands(self.local) + [{"started": started, "ended": ended, "cpus": cpus}]
         part = self.local / f".{COMMANDS}.part"
         part.write_text(json.dumps(runs) + "\n")
         os.replace(part, self.local / COMMANDS)
@@ -357,7 +357,7 @@ def table(results: list, statuses: list, spec: Spec, live: bool = False) -> pd.D
         # Later wins: Tune's rows (they carry `retries`) over saved ones, and the last
         # report of an epoch a restarted run repeated.
         seen = sorted({e["epoch"] for e in reported if pd.notna(e.get("epoch"))})
-        whole = live and seen == list(range(1, len(seen) + 1))
+        whole = live and bool(seen) and seen == list(range(1, len(seen) + 1))
         by_epoch = {e["epoch"]: e for e in ([] if whole else checkpointed_epochs(r)) + reported
                     if pd.notna(e.get("epoch"))}
         epochs = [by_epoch[k] for k in sorted(by_epoch)]

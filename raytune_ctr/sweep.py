@@ -120,9 +120,10 @@ def _finish(grid, spec: Spec, where: Results, interrupted: int | None,
 
     from raytune_ctr import trace
 
+    ended = time.time()  # the trials' end, before collect reads their checkpoints
     df = results.collect(grid, spec, tuner.ended_trials(where) if interrupted else None)
     try:
-        where.record_command(started, ray.cluster_resources().get("CPU")
+        where.record_command(started, ended, ray.cluster_resources().get("CPU")
                              if ray.is_initialized() else None)
         where.write_tables(df, spec, interrupted=interrupted)
     except OSError as err:

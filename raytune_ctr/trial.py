@@ -74,7 +74,10 @@ def _cpus(coordinator, trial_id: str, cpus: float):
 
     def beat():
         while not stop.wait(BEAT_S):
-            coordinator.beat.remote(trial_id)
+            if not ray.get(coordinator.beat.remote(trial_id)):
+                logging.getLogger(__name__).warning(
+                    "the gate dropped this trial's CPUs (silent too long); training on")
+                return
 
     threading.Thread(target=beat, daemon=True).start()
     try:

@@ -111,10 +111,9 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
 
     trace.mark("sweep_start")
     _quiet(verbose)
-    gated = _gated(spec)
+    coordinator, gated = _start_coordinator(spec, where, concurrency)
     live = concurrency if gated else _live_trials(spec, concurrency)
     param_space, search_alg, num_samples = _search(spec, where, live)
-    coordinator = _start_coordinator(spec, where, gated)
     trace.mark("coordinator_started")
     flops = _flops(spec)  # while the coordinator's pools start
     trace.mark("flops_counted")
@@ -124,8 +123,8 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
-                # Gated, Ray's resources no longer bound how many trials Tune starts.
-                max_concurrent_trials=live if gated or spec.search.method == "optuna" else None,
+                # (Grid and random: the variant generator holds `live`, from _search.)
+                max_concurrent_trials=None if spec.search.method != "optuna" else live,
                 reuse_actors=True, trial_dirname_creator=_dirname),
             run_config=_run_config(spec, where, verbose),
         )
@@ -159,8 +158,7 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
     from ray import tune
 
     _quiet(verbose=False)
-    gated = _gated(spec)
-    coordinator = _start_coordinator(spec, where, gated)
+    coordinator, gated = _start_coordinator(spec, where, plan.plan(spec))
     flops = _flops(spec)
     try:
         try:
@@ -287,8 +285,8 @@ def _flops(spec: Spec) -> dict[str, float]:
 def _gated(spec: Spec) -> bool:
     """Whether every trial's process asks Ray for the same sliver of a CPU and holds
     its workers' CPUs in the coordinator's gate (gate.py), so that Tune reuses one
-    process for trials of any worker count: on a one-node cluster (the sweep takes
-    its CPUs as its own, as its CPU pools already do), for our loop on CPUs, when
+    process for trials of any worker count: on a one-node cluster (the coordinator
+    then holds the node's CPUs from Ray, if Ray can give them), for our loop on CPUs, when
     trials differ in CPUs (else they all ask the same already) and none reserves
     memory."""
     import ray
@@ -339,11 +337,12 @@ def _coordinator_name(where: Results) -> str:
     return f"raytune_ctr-{where.name}"
 
 
-def _start_coordinator(spec: Spec, where: Results, gated: bool):
-    """The sweep's coordinator (pool.py), owned by this driver. On a one-node cluster
-    the CPU pools the spec's trials can ask for start now, beside Tune's own start
-    and the first trial process's: a pool takes seconds to start, longer than a
-    small trial trains. A one-worker trial trains once they are up (trial.py)."""
+def _start_coordinator(spec: Spec, where: Results, concurrency: int):
+    """The sweep's coordinator (pool.py), owned by this driver, and whether its gate
+    is open (`_gated`). On a one-node cluster the CPU pools the spec's trials can ask
+    for start now, beside Tune's own start and the first trial process's: a pool
+    takes seconds to start, longer than a small trial trains. A one-worker trial
+    trains once they are up (trial.py)."""
     import ray
 
     try:
@@ -353,8 +352,14 @@ def _start_coordinator(spec: Spec, where: Results, gated: bool):
     except ValueError:  # the name is taken
         raise SpecError("--name", "a sweep of that name is running on this Ray cluster",
                         where.name) from None
-    if gated:
-        ray.get(coordinator.open_gate.remote(ray.cluster_resources()["CPU"]))
+    gated = False
+    if _gated(spec):
+        cpus = ray.cluster_resources()["CPU"]
+        # All but the slivers the trial processes (and one more) ask Ray for.
+        reserve = round(cpus - (concurrency + 1) * gate.TOKEN["CPU"], 4)
+        gated = ray.get(coordinator.open_gate.remote(cpus, reserve, 10.0))
+        if not gated:
+            log.info("the node's CPUs are not all free: each trial asks Ray for its own")
     # A user's function or script runs its ranks itself (torchrun): no pool serves it.
     if spec.runner == "loop" and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
         ip = ray.util.get_node_ip_address()
@@ -362,7 +367,7 @@ def _start_coordinator(spec: Spec, where: Results, gated: bool):
                   if r.num_workers > 1 and not r.use_gpu}
         # Waited on: a threaded actor runs calls in any order, and wait_up follows.
         ray.get([coordinator.start.remote(pool.PoolKey(w, 0.0, ip)) for w in sorted(worlds)])
-    return coordinator
+    return coordinator, gated
 
 
 def _stop_coordinator(coordinator, own_cluster: bool) -> None:

@@ -130,6 +130,9 @@ def test_the_timeline_from_the_command_counts_start_up_and_the_cpus_each_trial_h
     assert "from the command's start" in page.timeline_note((seg, slots, wall, eff), True)
     # Without the commands: from the first trial's start, over slots, as before.
     assert page.timeline(pd.DataFrame(rows))[2] == pytest.approx(3.0)
+    # A command that ran trials went unrecorded (killed): no negative times, as before.
+    late = [{"started": 1011.0, "ended": 1014.0, "cpus": 2.0}]
+    assert page.timeline(pd.DataFrame(rows), late)[2] == pytest.approx(3.0)
 
 
 def test_a_sweep_without_searched_knobs_has_no_effects_and_no_error():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from raytune_ctr import pool
+from raytune_ctr import gate, pool
 
 Coordinator = pool.Coordinator.__ray_actor_class__
 
@@ -16,7 +16,7 @@ Coordinator = pool.Coordinator.__ray_actor_class__
 def coordinator(monkeypatch):
     monkeypatch.setattr(Coordinator, "_watch", lambda self: None)
     c = Coordinator("/nowhere")
-    c.open_gate(2.0)
+    c._gate = gate.Gate(2.0, c._cv, pool.SILENT_S)  # open_gate's, without its placement group
     return c
 
 

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_thirty_trials_lose_nothing_and_leave_nothing(tmp_path):
     out = tmp_path / "load.json"
     proc = subprocess.run([sys.executable, "benchmarks/load.py", "--trials", "30", "--every", "2",
+                           "--cpus", "2",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=1200, env=os.environ.copy())
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -215,6 +215,8 @@ def test_killed_trial_process_gives_its_cpus_back_to_the_gate(write_spec, tmp_pa
         "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
         "train": {"model": "mlp", "hidden": [64], "epochs": 20, "optimizer": "adam", "lr": 1e-3,
                   "lr_schedule": "none"},
+        # Half the node a worker: one trial holds its CPUs while the other waits.
+        "resources": {"cpus_per_worker": (os.cpu_count() or 2) / 2},
         "search": {"method": "grid", "max_failures": max_failures,
                    "grid": {"num_workers": [1, 2]}},
     })

@@ -4,10 +4,11 @@ Tune reuses a trial's process only for a trial that asks for the same resources,
 so when the worker count is searched, a 1-CPU trial and a 2-CPU trial cannot take
 over each other's process, and every change of size starts a fresh one (76
 processes for 200 trials in benchmarks/load.py, about 3 s each to import torch).
-On a cluster of one node that this sweep started, every trial's process therefore
-asks Ray for a sliver of a CPU only (`TOKEN`), and a trial holds its workers'
-CPUs here, in the coordinator, while it trains: 1 for a one-worker trial, N for
-one served by an N-worker pool.
+On a cluster of one node, every trial's process therefore asks Ray for a sliver of
+a CPU only (`TOKEN`), and a trial holds its workers' CPUs here, in the coordinator,
+while it trains: 1 for a one-worker trial, N for one served by an N-worker pool.
+The coordinator holds the node's CPUs from Ray meanwhile (a placement group), so
+Ray's accounting stays true; where Ray cannot give them, the sweep goes without.
 
 First come, first served, so a wide trial is never passed over by narrow ones; a
 holder or waiter not heard from for `silent_s` (its process died) is dropped.
@@ -55,13 +56,15 @@ class Gate:
         ask.cpus = cpus
         while True:
             ask.heard = time.monotonic()
+            if trial_id not in self._queue:  # dropped while it waited: ask again
+                return False
             if next(iter(self._queue)) == trial_id and self.free >= cpus - 1e-9:
                 del self._queue[trial_id]
                 self._held[trial_id] = ask
                 self._cv.notify_all()  # the next in line may fit too
                 return True
             left = end - time.monotonic()
-            if left <= 0 or trial_id not in self._queue:
+            if left <= 0:
                 return False
             self._cv.wait(left)
 

@@ -39,7 +39,8 @@ def timeline(df: pd.DataFrame, commands: list[dict] | None = None
     ran the trials (results.commands: start, trials' end, the cluster's CPUs), time
     starts when the first command did, wall is the commands' seconds, and efficiency
     is training + evaluation seconds × the CPUs each trial held, over each command's
-    seconds × its CPUs: start-up counts as what it is."""
+    seconds × its CPUs: start-up counts as what it is. Which of the two it is:
+    `segments.attrs["from_command"]`."""
     cols = ["trial_index", "run", "phase", "start", "end"]
     if "ended_at" not in df:
         return pd.DataFrame(columns=[*cols, "slot"]), 0, 0.0, float("nan")
@@ -89,7 +90,9 @@ def timeline(df: pd.DataFrame, commands: list[dict] | None = None
         busy = float(((work["end"] - work["start"]) * cpus).sum())
         wall = sum(c["ended"] - c["started"] for c in commands)
         room = sum((c["ended"] - c["started"]) * c["cpus"] for c in commands)
+        seg.attrs["from_command"] = True
         return seg, len(free), wall, busy / room if room > 0 else float("nan")
+    seg.attrs["from_command"] = False
     wall = float(seg["end"].max())
     busy = float((work["end"] - work["start"]).sum())
     return seg, len(free), wall, busy / (wall * len(free)) if wall > 0 else float("nan")
@@ -99,12 +102,17 @@ def timeline_axis(whole: bool) -> str:
     return "seconds since the command started" if whole else "seconds since the first trial started"
 
 
-def timeline_note(tl, whole: bool) -> str:
-    """The timeline in a sentence; `whole`: it runs from the command's start."""
+def from_command(tl) -> bool:
+    """Whether the timeline `tl` starts at the command's start (`timeline`)."""
+    return bool(tl[0].attrs.get("from_command"))
+
+
+def timeline_note(tl) -> str:
+    """The timeline in a sentence."""
     seg, slots, wall, eff = tl
     if not slots:
         return "No epoch carried a time stamp (results from before `ended_at`)."
-    if whole:
+    if from_command(tl):
         first = float(seg["start"].min())
         return (f"{wall:.1f} s from the command's start to its trials' end (the first "
                 f"trial's set-up began at {first:.1f} s; the report's own seconds are not in "
@@ -118,7 +126,7 @@ def timeline_note(tl, whole: bool) -> str:
             "start and reporting, and slots waiting.")
 
 
-def _timeline_figure(df: pd.DataFrame, tl, whole: bool):
+def _timeline_figure(df: pd.DataFrame, tl):
     import plotly.graph_objects as go
 
     seg, slots, wall, eff = tl
@@ -142,12 +150,13 @@ def _timeline_figure(df: pd.DataFrame, tl, whole: bool):
                     hovertext=[f"trial {i} {phase}: {e - s:.3f} s" for i, s, e in
                                zip(p["trial_index"], p["start"], p["end"], strict=True)],
                     hoverinfo="text")
+    whole = from_command(tl)
     fig.update_layout(barmode="overlay", xaxis_title=timeline_axis(whole),
                       title="Sweep timeline: each trial's set-up, training and evaluation; "
                       "grey without a phase is idle", height=160 + 40 * slots)
     if whole:  # start-up shows as what it is: the axis starts with the command
         fig.update_xaxes(rangemode="tozero")
-    return fig, timeline_note(tl, whole)
+    return fig, timeline_note(tl)
 
 
 def _pareto_figure(s, spec: Spec, last: pd.DataFrame):
@@ -178,9 +187,8 @@ def _hardware_figure(last: pd.DataFrame):
 
 
 def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: list[str],
-          target_line: str, tl: tuple, whole: bool = False) -> Path:
-    """Write report.html into the results folder; return its path. `tl`: `timeline(df)`;
-    `whole`: it was given the commands, and starts at the first one's start."""
+          target_line: str, tl: tuple) -> Path:
+    """Write report.html into the results folder; return its path. `tl`: `timeline(df)`."""
     import optuna
     import plotly.express as px
     from plotly.offline import get_plotlyjs
@@ -213,7 +221,7 @@ def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: 
                                    color="samples_per_s" if "samples_per_s" in last else None),
                         "Each trial's last epoch."))
         figures.append(("hardware", "Hardware per trial", _hardware_figure(last), ""))
-    fig, note = _timeline_figure(df, tl, whole)
+    fig, note = _timeline_figure(df, tl)
     figures.append(("timeline", "Sweep timeline", fig, note))
 
     parts = [f"<h1>{html.escape(spec.name)}</h1>",

@@ -272,8 +272,8 @@ def target_section(df: pd.DataFrame, spec: Spec, ttt: pd.DataFrame, target: floa
     return out
 
 
-def plot(df: pd.DataFrame, spec: Spec, run_dir: Path, tl: tuple, whole: bool = False) -> None:
-    """The PNGs; `tl` is `page.timeline(df)`, from the command's start if `whole`."""
+def plot(df: pd.DataFrame, spec: Spec, run_dir: Path, tl: tuple) -> None:
+    """The PNGs; `tl` is `page.timeline(df, commands)`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,9 +335,9 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path, tl: tuple, whole: bool = F
         ax.broken_barh(list(zip(g["start"], g["end"] - g["start"], strict=True)),
                        (slot - 0.3, 0.6), color=colors[phase],
                        label=phase if slot == 0 else None)
-    if whole:
+    if page.from_command(tl):
         ax.set_xlim(left=0)
-    ax.set(xlabel=page.timeline_axis(whole), yticks=range(max(1, slots)),
+    ax.set(xlabel=page.timeline_axis(page.from_command(tl)), yticks=range(max(1, slots)),
            yticklabels=[f"slot {k}" for k in range(max(1, slots))],
            title="sweep timeline: set-up, training, evaluation; white is idle")
     if not seg.empty:
@@ -415,10 +415,8 @@ def build(run_dir: Path) -> Path:
     md.append(f"Speedup is s/epoch against **{base}**.\n\n" if base else "")
     md.append(_md(times))
     md.append("## Sweep timeline\n")
-    commands = results.commands(run_dir)
-    whole = bool(commands) and all(c.get("cpus") for c in commands)
-    tl = page.timeline(df, commands if whole else None)  # for report.md, the PNG and the page
-    md.append(page.timeline_note(tl, whole) + " See timeline.png, or report.html to hover.\n"
+    tl = page.timeline(df, results.commands(run_dir))  # for report.md, the PNG and the page
+    md.append(page.timeline_note(tl) + " See timeline.png, or report.html to hover.\n"
               if tl[1] else "No epoch carried a time stamp.\n")
     md.append("## Hardware per trial\n")
     md.append(_notes("samples_per_s", "data_time_s", "setup_time_s", "wall_time_s",
@@ -436,12 +434,12 @@ def build(run_dir: Path) -> Path:
     md.append(_md(env))
     md.append("## Plots\n")
     md.append("\n".join(f"![{p}]({p})" for p in PLOTS) + "\n")
-    plot(df, spec, run_dir, tl, whole)
+    plot(df, spec, run_dir, tl)
     eff.to_csv(run_dir / KNOBS, index=False)
     out = run_dir / "report.md"
     out.write_text("\n".join(md))
     page.write(run_dir, df, spec, fastest_reaching(df, target), effects.sentences(eff),
-               target_summary(ttt, target), tl, whole)
+               target_summary(ttt, target), tl)
     return out
 
 

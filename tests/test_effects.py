@@ -127,7 +127,7 @@ def test_the_timeline_from_the_command_counts_start_up_and_the_cpus_each_trial_h
     assert seg["start"].min() == pytest.approx(10.0)  # start-up shows before the first bar
     assert wall == pytest.approx(14.0)
     assert eff == pytest.approx((1.0 + 1.0 + 2 * 1.0) / (14.0 * 2))
-    assert "from the command's start" in page.timeline_note((seg, slots, wall, eff), True)
+    assert "from the command's start" in page.timeline_note((seg, slots, wall, eff))
     # Without the commands: from the first trial's start, over slots, as before.
     assert page.timeline(pd.DataFrame(rows))[2] == pytest.approx(3.0)
     # A command that ran trials went unrecorded (killed): no negative times, as before.

@@ -308,6 +308,52 @@ def newest_checkpoint(filesystem: fs.FileSystem, trial_path: str) -> dict[str, b
     return best
 
 
+CHECKPOINT_DIR = "checkpoint_{:06d}"  # Tune's name for a trial's checkpoint number N
+
+
+def stand_in_for_replaced(folder: str) -> list[str]:
+    """Give every trial of a killed sweep's `folder` an empty folder for each checkpoint
+    number missing below its newest, and return their paths.
+
+    With num_to_keep=1 Tune deletes a trial's old checkpoint as it takes the new one,
+    and saves the experiment record that names the new one a moment later (and syncs
+    it later still). A driver killed in between leaves a record naming a checkpoint
+    that is gone, and Tune's restore fails that trial ("does not exist on storage
+    anymore"). With a stand-in there, the trial goes on from the newest whole
+    checkpoint in its folder (`last_state`), as after any restart."""
+    filesystem, path = fs.FileSystem.from_uri(folder)
+    made = []
+    for trial in filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True)):
+        if trial.type != fs.FileType.Directory or not trial.base_name.startswith(TRIAL_PREFIX):
+            continue
+        numbers = set()
+        for info in filesystem.get_file_info(fs.FileSelector(trial.path)):
+            head, _, n = info.base_name.partition("_")
+            if info.type == fs.FileType.Directory and head == "checkpoint" and n.isdigit():
+                numbers.add(int(n))
+        for n in sorted(set(range(max(numbers, default=0))) - numbers):
+            made.append(posixpath.join(trial.path, CHECKPOINT_DIR.format(n)))
+            filesystem.create_dir(made[-1])
+    return [_as_given(folder, path, m) for m in made]
+
+
+def remove_stand_ins(paths: list[str]) -> None:
+    """Remove the stand-ins the resumed sweep left empty (Tune deletes the one its
+    record named at that trial's next checkpoint)."""
+    for p in paths:
+        filesystem, path = fs.FileSystem.from_uri(p)
+        try:
+            if not filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True)):
+                filesystem.delete_dir(path)
+        except OSError:
+            pass  # an empty folder left behind is harmless
+
+
+def _as_given(folder: str, path: str, sub: str) -> str:
+    """`sub` (a path under `path`, the filesystem's form of `folder`) in `folder`'s form."""
+    return folder.rstrip("/") + sub[len(path.rstrip("/")):]
+
+
 def checkpointed_epochs(result) -> list[dict]:
     """The epochs a trial saved with its newest whole checkpoint, in order."""
     if result.filesystem is None or not result.path:

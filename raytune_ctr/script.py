@@ -13,6 +13,7 @@ import collections
 import contextlib
 import json
 import os
+import posixpath
 import queue
 import shlex
 import shutil
@@ -105,7 +106,7 @@ def run(spec: Spec, job: dict, extra: dict) -> None:
     try:
         offset = {"epoch": 0, "train_time_s": 0.0, "wall_time_s": 0.0}
         env = _env(spec, train, res, out)
-        ckpt = tune.get_checkpoint()
+        ckpt = _newest(tune.get_checkpoint())
         if ckpt is not None:  # a restart: the function resumes from its last folder
             resume = Path(ckpt.to_directory(str(out / "resume")))
             offset |= json.loads((resume / reporter.META).read_text())
@@ -113,6 +114,29 @@ def run(spec: Spec, job: dict, extra: dict) -> None:
         _run(spec, job, extra, out, env, offset)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _newest(ckpt):
+    """Tune's checkpoint, or where Tune's record names a stand-in for one it had
+    replaced (results.stand_in_for_replaced), the one beside it with the most epochs."""
+    from pyarrow import fs
+    from ray import tune
+
+    if ckpt is None:
+        return None
+    filesystem, trial = ckpt.filesystem, posixpath.dirname(ckpt.path)
+    best, best_epoch = None, -1
+    for info in filesystem.get_file_info(fs.FileSelector(trial)):
+        if info.type != fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with filesystem.open_input_stream(posixpath.join(info.path, reporter.META)) as f:
+                epoch = json.loads(f.read())["epoch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if epoch > best_epoch or (epoch == best_epoch and info.path == ckpt.path):
+            best, best_epoch = info.path, epoch
+    return None if best is None else tune.Checkpoint(best, filesystem=filesystem)
 
 
 def _env(spec: Spec, train: TrainSpec, res: ResourceSpec, out: Path) -> dict[str, str]:

@@ -160,8 +160,10 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
     _quiet(verbose=False)
     coordinator, gated = _start_coordinator(spec, where, plan.plan(spec))
     flops = _flops(spec)
+    stand_ins: list[str] = []
     try:
         try:
+            stand_ins = results.stand_in_for_replaced(where.where)
             # The run config (and its callback, which finds this coordinator by name)
             # comes back from the interrupted run.
             tuner = tune.Tuner.restore(where.where,
@@ -176,6 +178,7 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
     finally:
         _stop_coordinator(coordinator, own_cluster)
         script.kill_containers(spec)
+        results.remove_stand_ins(stand_ins)
 
 
 # --- the search -----------------------------------------------------------------

@@ -54,6 +54,39 @@ def test_a_trial_goes_on_from_its_newest_whole_checkpoint(tmp_path):
     assert results.newest_checkpoint(fs.LocalFileSystem(), str(tmp_path / "none")) is None
 
 
+@pytest.mark.parametrize("uri", [False, True], ids=["path", "file-uri"])
+def test_a_killed_drivers_record_may_name_a_replaced_checkpoint(tmp_path, uri):
+    import json
+
+    from ray import tune
+
+    from raytune_ctr import reporter, script
+
+    # Tune's record names checkpoint 1; Tune had already replaced it by 3 (and the
+    # killed trial had begun 4). A finished trial keeps its only checkpoint, 0.
+    run = tmp_path / "run"
+    for trial, numbers in {"trial_a": [3, 4], "trial_b": [0]}.items():
+        for n in numbers:
+            (run / trial / f"checkpoint_{n:06d}").mkdir(parents=True)
+    (run / "trial_a" / "checkpoint_000003" / reporter.META).write_text(json.dumps({"epoch": 4}))
+    (run / "notes").mkdir()
+    folder = f"file://{run}" if uri else str(run)
+    made = results.stand_in_for_replaced(folder)
+    assert sorted(made) == [f"{folder}/trial_a/checkpoint_{n:06d}" for n in (0, 1, 2)]
+    assert sorted(p.name for p in (run / "trial_a").iterdir()) == [
+        f"checkpoint_{n:06d}" for n in range(5)]
+    # A script trial handed the stand-in goes on from the newest folder it reported.
+    named = tune.Checkpoint(str(run / "trial_a" / "checkpoint_000001"))
+    assert script._newest(named).path == str(run / "trial_a" / "checkpoint_000003")
+    assert script._newest(None) is None
+    # Tune wrote into one stand-in (its next checkpoint): that one stays.
+    (run / "trial_a" / "checkpoint_000002" / "state.pt").write_text("x")
+    results.remove_stand_ins(made)
+    assert sorted(p.name for p in (run / "trial_a").iterdir()) == [
+        f"checkpoint_{n:06d}" for n in (2, 3, 4)]
+    assert [p.name for p in (run / "trial_b").iterdir()] == ["checkpoint_000000"]
+
+
 def test_a_uri_storage_path_keeps_a_local_copy_and_never_overwrites(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     where = Results.new(f"file://{tmp_path}/bucket", "s1")

@@ -3,7 +3,9 @@ without raytune_ctr would. A function trainable, random search, ASHA by epoch,
 `reuse_actors`; the same MLP, optimizer, data subset, space and seed; a trial asks
 for as many CPUs as its `num_workers` (the shapes raytune_ctr's trials ask for)
 and trains with that many threads. With --checkpoint every epoch saves the model
-and optimizer (`num_to_keep=1`), as raytune_ctr does.
+and optimizer (`num_to_keep=1`, the usual way to keep only the newest, which issue
+22 names as the peer; raytune_ctr keeps every checkpoint in Tune's record and empties
+old ones itself, see checkpoints.py).
 
     python benchmarks/_plain_tune.py --address HOST:PORT --trials 200 [--checkpoint]
 

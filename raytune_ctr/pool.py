@@ -587,7 +587,8 @@ def _serve_job(job: dict, coordinator, rank: int, world: int, device) -> None:
                             ready=lambda err: _agree(early or err, world),
                             load=data.load_cached, flops=job["flops"])
         train.fit(job["data"], job["train"], res, ctx=ctx, state=state,
-                  require=tuple(job["objectives"]), hour_usd=job["hour_usd"])
+                  require=tuple(job["objectives"]), hour_usd=job["hour_usd"],
+                  extra=job.get("extra"))
         if waiting:  # the trial has said what it will of the last epoch
             verdict(waiting.pop())
     except _Stopped:

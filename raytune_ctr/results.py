@@ -270,13 +270,18 @@ def can_resume(where: str) -> bool:
 # --- checkpoints --------------------------------------------------------------------
 
 
-def last_state(checkpoint) -> bytes | None:
-    """The state file of the newest whole checkpoint in the trial's folder, starting
-    from Tune's: Tune keeps one, and a killed driver's record can name one already
-    replaced by a newer."""
-    if checkpoint is None:
+def last_state(checkpoint, trial_folder: str | None = None) -> bytes | None:
+    """The state file of the newest whole checkpoint in the trial's folder: whether
+    Tune's record names that one, an older one (emptied, checkpoints.py; or replaced,
+    `stand_in_for_replaced`), or none (saved before the trial's first checkpoint:
+    then `trial_folder`, the trial's folder as Tune writes it, says where to look)."""
+    if checkpoint is not None:
+        filesystem, folder = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
+    elif trial_folder is not None:
+        filesystem, folder = fs.FileSystem.from_uri(trial_folder)
+    else:
         return None
-    found = newest_checkpoint(checkpoint.filesystem, posixpath.dirname(checkpoint.path))
+    found = newest_checkpoint(filesystem, folder)
     return found[STATE_FILE] if found else None
 
 
@@ -315,12 +320,13 @@ def stand_in_for_replaced(folder: str) -> list[str]:
     """Give every trial of a killed sweep's `folder` an empty folder for each checkpoint
     number missing below its newest, and return their paths.
 
-    With num_to_keep=1 Tune deletes a trial's old checkpoint as it takes the new one,
-    and saves the experiment record that names the new one a moment later (and syncs
-    it later still). A driver killed in between leaves a record naming a checkpoint
-    that is gone, and Tune's restore fails that trial ("does not exist on storage
-    anymore"). With a stand-in there, the trial goes on from the newest whole
-    checkpoint in its folder (`last_state`), as after any restart."""
+    With num_to_keep=1 (as sweeps ran before checkpoints.py) Tune deletes a trial's
+    old checkpoint as it takes the new one, and saves the experiment record that names
+    the new one a moment later (and syncs it later still). A driver killed in between
+    leaves a record naming a checkpoint that is gone, and Tune's restore fails that
+    trial ("does not exist on storage anymore"). With a stand-in there, the trial goes
+    on from the newest whole checkpoint in its folder (`last_state`), as after any
+    restart."""
     filesystem, path = fs.FileSystem.from_uri(folder)
     made = []
     for trial in filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True)):
@@ -365,14 +371,30 @@ def checkpointed_epochs(result) -> list[dict]:
 # --- tables -------------------------------------------------------------------------
 
 
-def collect(grid, spec: Spec, ended: set[str] | None = None) -> pd.DataFrame:
+def collect(grid, spec: Spec, ended: set[str] | None = None,
+            tabled: pd.DataFrame | None = None) -> pd.DataFrame:
     """The trials table of Tune's ResultGrid (see `table`). `ended`: for a sweep a
-    signal stopped, the trials that ended of themselves; the others are INTERRUPTED."""
+    signal stopped, the trials that ended of themselves; the others are INTERRUPTED.
+    `tabled`: the rows of trials the driver tabled as they ended, from every report it
+    saw, kept as they are: Tune's own per-trial record can lose the epochs before a
+    restart (it copies back its stored copy, synced only with its experiment record)."""
+    import pandas as pd
+
     # ResultGrid lists its results in the order of its trials; only a Trial has a status.
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
     statuses = [t.status if ended is None or t.trial_id in ended else "RUNNING"
                 for t in trials] if len(trials) == len(grid) else [None] * len(grid)
-    return table(list(enumerate(grid)), statuses, spec)
+    ids = [t.trial_id for t in trials] if len(trials) == len(grid) else [None] * len(grid)
+    done = set() if tabled is None else set(tabled["trial_id"]) & set(ids)
+    rest = [(i, r, s) for (i, r), s, t in zip(enumerate(grid), statuses, ids, strict=True)
+            if t not in done]
+    df = table([(i, r) for i, r, _ in rest], [s for _, _, s in rest], spec)
+    if tabled is None or not done:
+        return df
+    kept = tabled[tabled["trial_id"].isin(done)]
+    both = pd.concat([kept, df] if rest else [kept], ignore_index=True)
+    return one_type_per_column(both.sort_values("trial_index", kind="stable")
+                               .reset_index(drop=True))
 
 
 def table(results: list, statuses: list, spec: Spec, live: bool = False) -> pd.DataFrame:

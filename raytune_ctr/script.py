@@ -97,8 +97,9 @@ def workdir(spec: Spec) -> Path:
     return path if path.is_dir() else Path.cwd()
 
 
-def run(spec: Spec, job: dict, extra: dict) -> None:
-    """Tune's function body for a tier-2 or tier-3 trial."""
+def run(spec: Spec, job: dict, extra: dict, trial_folder: str | None = None) -> None:
+    """Tune's function body for a tier-2 or tier-3 trial (`trial_folder`: its folder as
+    Tune writes it)."""
     from ray import tune
 
     train, res = job["train"], job["resources"]
@@ -106,7 +107,7 @@ def run(spec: Spec, job: dict, extra: dict) -> None:
     try:
         offset = {"epoch": 0, "train_time_s": 0.0, "wall_time_s": 0.0}
         env = _env(spec, train, res, out)
-        ckpt = _newest(tune.get_checkpoint())
+        ckpt = _newest(tune.get_checkpoint(), trial_folder)
         if ckpt is not None:  # a restart: the function resumes from its last folder
             resume = Path(ckpt.to_directory(str(out / "resume")))
             offset |= json.loads((resume / reporter.META).read_text())
@@ -116,17 +117,21 @@ def run(spec: Spec, job: dict, extra: dict) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _newest(ckpt):
-    """Tune's checkpoint, or where Tune's record names a stand-in for one it had
-    replaced (results.stand_in_for_replaced), the one beside it with the most epochs."""
+def _newest(ckpt, trial_folder: str | None = None):
+    """The folder the function goes on from: the one with the most epochs in the
+    trial's folder, whether Tune's record names it, an older one (emptied, or a
+    stand-in for one Tune replaced) or none (then `trial_folder` says where to look)."""
     from pyarrow import fs
     from ray import tune
 
-    if ckpt is None:
+    if ckpt is not None:
+        filesystem, trial = ckpt.filesystem, posixpath.dirname(ckpt.path)
+    elif trial_folder is not None:
+        filesystem, trial = fs.FileSystem.from_uri(trial_folder)
+    else:
         return None
-    filesystem, trial = ckpt.filesystem, posixpath.dirname(ckpt.path)
     best, best_epoch = None, -1
-    for info in filesystem.get_file_info(fs.FileSelector(trial)):
+    for info in filesystem.get_file_info(fs.FileSelector(trial, allow_not_found=True)):
         if info.type != fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
         try:
@@ -134,7 +139,7 @@ def _newest(ckpt):
                 epoch = json.loads(f.read())["epoch"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if epoch > best_epoch or (epoch == best_epoch and info.path == ckpt.path):
+        if epoch > best_epoch or (epoch == best_epoch and ckpt and info.path == ckpt.path):
             best, best_epoch = info.path, epoch
     return None if best is None else tune.Checkpoint(best, filesystem=filesystem)
 

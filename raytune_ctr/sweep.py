@@ -121,7 +121,8 @@ def _finish(grid, spec: Spec, where: Results, interrupted: int | None,
     from raytune_ctr import trace
 
     ended = time.time()  # the trials' end, before collect reads their checkpoints
-    df = results.collect(grid, spec, tuner.ended_trials(where) if interrupted else None)
+    df = results.collect(grid, spec, tuner.ended_trials(where) if interrupted else None,
+                         tuner.tabled(where))
     try:
         where.record_command(started, ended, ray.cluster_resources().get("CPU")
                              if ray.is_initialized() else None)

@@ -214,13 +214,15 @@ ONE_WORKER = ResourceSpec()
 
 def fit(data_spec: DataSpec, train: TrainSpec, resources: ResourceSpec = ONE_WORKER, *,
         ctx: Context = LOCAL, state: dict | None = None, require: tuple[str, ...] = (),
-        hour_usd: float | None = None) -> list[dict]:
+        hour_usd: float | None = None, extra: dict | None = None) -> list[dict]:
     """Train `train.epochs` epochs, calling `ctx.report(metrics, state)` after each; return
     the epochs' metrics. `state`, one that `report` was given, continues that run after
     its epoch as if it had never stopped (when it was the last epoch, `report` gets
     the final metrics once more, with state None). A metric in `require` (the sweep's
     objectives) that this run cannot measure fails it before training. `hour_usd`:
-    what an hour of the trial's share of a node costs (cost_usd)."""
+    what an hour of the trial's share of a node costs (cost_usd). `extra`: more to put
+    in every epoch's metrics (Tune's failure count), in its saved history too, which
+    fills in the epochs Tune's own record of a restarted trial can lose."""
     run = _setup(data_spec, train, resources, ctx, state, require, hour_usd)
     start, train_time, wall_time, before = _continue(run, train, ctx, state)
     history = []
@@ -233,7 +235,7 @@ def fit(data_spec: DataSpec, train: TrainSpec, resources: ResourceSpec = ONE_WOR
             # A diverged trial is a failure, never a low score.
             raise FloatingPointError(f"train_loss is {metrics['train_loss']} at epoch {epoch} "
                                      f"(lr={train.lr}, optimizer={train.optimizer})")
-        metrics |= run.facts | {"resumed_from_epoch": start}
+        metrics |= run.facts | (extra or {}) | {"resumed_from_epoch": start}
         history.append(metrics)
         trace.mark("epoch_done", epoch=epoch)
         if ctx.report is not None:

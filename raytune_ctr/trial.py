@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import tempfile
 import threading
 import uuid
@@ -29,7 +30,7 @@ _pools_up = False  # this process has seen the pools started ahead up
 
 
 def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float],
-              gated: bool = False) -> None:
+              gated: bool = False, folder: str | None = None) -> None:
     """Tune's function for every trial of the sweep. `gated`: its process holds a
     sliver of a CPU, and the trial holds its workers' CPUs in the coordinator's
     gate while it trains (gate.py)."""
@@ -39,19 +40,22 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float],
     trace.set_trial(trial_id)
     trace.mark("trial_start")
     train, res = spec.resolve(config)
+    # This trial's folder (`folder`: the sweep's, as Tune writes it)
+    mine = posixpath.join(folder, results.TRIAL_PREFIX + trial_id) if folder else None
     # Tune's count of this trial's failures so far (its callback tells the coordinator).
     retries, error = ray.get(coordinator.failures.remote(trial_id))
     extra = {"retries": retries} | ({"retry_error": error} if error else {})
     price = hour_usd(res, spec.cost)
     try:
         if spec.runner != "loop":  # tiers 2 and 3: the user's own process trains
-            script.run(spec, {"train": train, "resources": res, "hour_usd": price}, extra)
+            script.run(spec, {"train": train, "resources": res, "hour_usd": price}, extra,
+                       mine)
             return
-        state = results.last_state(tune.get_checkpoint())
+        state = results.last_state(tune.get_checkpoint(), mine)
         job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id,
                "data": spec.data, "train": train, "resources": res,
                "objectives": list(spec.search.objectives), "state": state, "flops": flops,
-               "hour_usd": price}
+               "hour_usd": price, "extra": extra}
         with _cpus(coordinator, trial_id, res.num_workers * res.worker_cpus) if gated \
                 else contextlib.nullcontext():
             if res.num_workers == 1:
@@ -120,7 +124,7 @@ def _train_here(job: dict, extra: dict, coordinator) -> None:
                             flops=job["flops"])
     train_lib.fit(job["data"], job["train"], res, ctx=ctx,
                   state=train_lib.load_state(job["state"]) if job["state"] else None,
-                  require=tuple(job["objectives"]), hour_usd=job["hour_usd"])
+                  require=tuple(job["objectives"]), hour_usd=job["hour_usd"], extra=extra)
 
 
 def _relay(job: dict, extra: dict, coordinator) -> None:

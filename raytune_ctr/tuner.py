@@ -19,7 +19,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from raytune_ctr import gate, plan, pool, results, script, train, trial
+from raytune_ctr import checkpoints, gate, plan, pool, results, script, train, trial
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.live import Live
@@ -119,7 +119,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
     trace.mark("flops_counted")
     try:
         tuner = tune.Tuner(
-            _trainable(spec, coordinator, flops, gated),
+            _trainable(spec, where, coordinator, flops, gated),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(spec),
@@ -140,9 +140,9 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
 
 
 def _quiet(verbose: bool) -> None:
-    # With num_to_keep=1 every epoch's checkpoint makes Tune snapshot its experiment
-    # state, and warn each time (3 lines a trial; noted in docs/benchmarks.md).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune keeps every checkpoint of a trial in its record (checkpoints.py): without
+    # this, each with all the metrics of its epoch, so the record would grow by epochs.
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     if not verbose:  # Tune's older reporter prints nothing at verbose 0; the live view does
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
@@ -167,7 +167,7 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
             # The run config (and its callback, which finds this coordinator by name)
             # comes back from the interrupted run.
             tuner = tune.Tuner.restore(where.where,
-                                       trainable=_trainable(spec, coordinator, flops, gated),
+                                       trainable=_trainable(spec, where, coordinator, flops, gated),
                                        resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
         except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
@@ -301,7 +301,8 @@ def _gated(spec: Spec) -> bool:
             and not any(r.use_gpu or r.max_memory_gb for r in every))
 
 
-def _trainable(spec: Spec, coordinator, flops: dict[str, float], gated: bool):
+def _trainable(spec: Spec, where: Results, coordinator, flops: dict[str, float],
+               gated: bool):
     from ray import tune
 
     def resources(config: dict):
@@ -311,7 +312,7 @@ def _trainable(spec: Spec, coordinator, flops: dict[str, float], gated: bool):
 
     return tune.with_resources(tune.with_parameters(trial.run_trial, spec=spec,
                                                     coordinator=coordinator, flops=flops,
-                                                    gated=gated),
+                                                    gated=gated, folder=where.where),
                                resources)
 
 
@@ -324,14 +325,16 @@ def _run_config(spec: Spec, where: Results, verbose: bool = False):
 
     # Tune's own output (a box per trial start and result) only with -v; else the
     # compact live table.
-    callbacks = [_coordination(spec, _coordinator_name(where)), _Tables(spec, where)]
+    callbacks = [_coordination(spec, _coordinator_name(where)), _Tables(spec, where),
+                 checkpoints.Replaced()]
     return tune.RunConfig(
         name=where.name, storage_path=where.tune_storage, verbose=1 if verbose else 0,
         callbacks=callbacks if verbose else [*callbacks, Live(spec)],
         # A trial that fails restarts from its last epoch checkpoint (max_failures
         # times; any error counts, so a diverged trial is tried again, then FAILED).
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        # Every checkpoint kept in Tune's record, old ones emptied (checkpoints.py).
+        checkpoint_config=tune.CheckpointConfig())
 
 
 def _coordinator_name(where: Results) -> str:
@@ -438,9 +441,14 @@ def _coordination(spec: Spec, coordinator_name: str):
 
 
 class _Tables(Callback):
-    """A Tune callback in the driver that rewrites the trials tables each time a trial
-    ends, so a sweep that dies (a full disk, a killed driver) leaves the trials that
-    finished readable by `raytune-ctr report`. A write that fails stops the sweep."""
+    """A Tune callback in the driver that rewrites the trials table as trials end, so
+    a sweep that dies (a full disk, a killed driver) leaves the trials that finished
+    readable by `raytune-ctr report`. A write that fails stops the sweep.
+
+    The table is written whole, so a write costs more as trials add up: it waits
+    until the one before it is 19 of its own durations old (at most 5% of the
+    driver's time, the rule Tune's own record follows). That is at each trial's end
+    for a small sweep, and a second or so apart at a thousand trials."""
 
     # The callback of each sweep this driver runs (restored with a resumed one), so the
     # sweep can ask which trials ended of themselves: Tune's stop on a signal marks the
@@ -452,6 +460,8 @@ class _Tables(Callback):
         self._reported: dict[str, list[dict]] = collections.defaultdict(list)
         self._tabled: set[str] = set()  # trials whose rows are in the table
         self._df = None  # the table so far: each ended trial's rows, appended
+        self._new: list = []  # rows of trials ended since the last write
+        self._written, self._write_s = float("-inf"), 0.0
         self.ended: set[str] | None = None  # trials that ended of themselves
         self.write_error: StorageError | None = None
         self._uploaded = 0.0
@@ -485,24 +495,28 @@ class _Tables(Callback):
         import pandas as pd
         from ray.tune import Result
 
-        new = []
         for i, t in enumerate(trials):
             if t.trial_id in (self.ended or ()) and t.trial_id not in self._tabled:
                 # Its reports are in its rows now: the driver keeps no more of it.
                 reported = self._reported.pop(t.trial_id, None)
                 status = now.get(t.trial_id, t.status)
                 r = Result(metrics=dict(t.last_result or {}), checkpoint=None, path=t.path,
-                           error=(t.get_pickled_error() or t.get_error())
-                           if status == "ERROR" else None,
+                           error=_staged_error(t) if status == "ERROR" else None,
                            metrics_dataframe=pd.DataFrame(reported) if reported else None,
                            _storage_filesystem=t.storage.storage_filesystem if t.storage
                            else None)
-                new.append(results.table([(i, r)], [status], self.spec, live=True))
+                self._new.append(results.table([(i, r)], [status], self.spec, live=True))
                 self._tabled.add(t.trial_id)
-        if not new:
+        self._flush()
+
+    def _flush(self, force: bool = False) -> None:
+        import pandas as pd
+
+        started = time.monotonic()
+        if not self._new or (not force and started - self._written < 19 * self._write_s):
             return
-        # Appended, not rebuilt from every trial's rows: a trial's end costs the same
-        # at the thousandth trial as at the first (but for the parquet file's write).
+        # Appended, not rebuilt from every trial's rows.
+        new, self._new = self._new, []
         self._df = results.one_type_per_column(
             pd.concat(new if self._df is None else [self._df, *new], ignore_index=True))
         try:
@@ -521,10 +535,18 @@ class _Tables(Callback):
             # trial's own failure (and would restart a finished trial). The sweep finds
             # the one line here, under the TuneError Tune wraps it in.
             self.write_error = self.where.cannot_write(err)
+        self._written = time.monotonic()
+        self._write_s = self._written - started
 
     def on_step_end(self, iteration, trials, **info):
+        if self.write_error is None:
+            self._flush()
         if self.write_error is not None:  # outside any try of Tune's: the sweep stops
             raise self.write_error
+
+    def on_experiment_end(self, trials, **info):
+        if self.write_error is None:
+            self._flush(force=True)
 
 
 _Live = Live  # the live view's name in the Tune state of sweeps saved before live.py
@@ -536,6 +558,16 @@ def write_error(where: Results) -> StorageError | None:
     return tables.write_error if tables else None
 
 
+def tabled(where: Results):
+    """The rows of the trials the sweep at `where` tabled as they ended, if any."""
+    import pandas as pd
+
+    tables = _Tables.live.get(where.name)
+    parts = [] if tables is None else \
+        ([] if tables._df is None else [tables._df]) + tables._new
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
 def ended_trials(where: Results) -> set[str] | None:
     """The trials of the sweep at `where` that ended of themselves (not stopped with it)."""
     tables = _Tables.live.get(where.name)
@@ -543,19 +575,25 @@ def ended_trials(where: Results) -> set[str] | None:
 
 
 def _trial_error(t) -> str:
+    """A trial's last error in one line ("" if Tune kept none)."""
+    err = _staged_error(t)
+    return one_line(err) if err is not None else ""
+
+
+def _staged_error(t) -> Exception | None:
     """A trial's last error, from the files Tune has just written in the driver's
-    staging folder (its copy in storage comes later)."""
+    staging folder (its copy in storage comes with Tune's next record save)."""
     import cloudpickle
 
     try:
         if t.pickled_error_file and os.path.exists(t.pickled_error_file):
             with open(t.pickled_error_file, "rb") as f:
-                return one_line(cloudpickle.load(f))
+                return cloudpickle.load(f)
         if t.error_file and os.path.exists(t.error_file):
             last = Path(t.error_file).read_text().split("Failure # ")[-1]
-            return one_line(RuntimeError(last.split("\n", 1)[-1]))
-    except Exception:  # noqa: BLE001 - the count matters more than the text
+            return RuntimeError(last.split("\n", 1)[-1])
+    except Exception:  # noqa: BLE001 - then what storage has, if anything
         pass
-    return ""
+    return t.get_pickled_error() or t.get_error()
 
 

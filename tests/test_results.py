@@ -79,6 +79,9 @@ def test_a_killed_drivers_record_may_name_a_replaced_checkpoint(tmp_path, uri):
     named = tune.Checkpoint(str(run / "trial_a" / "checkpoint_000001"))
     assert script._newest(named).path == str(run / "trial_a" / "checkpoint_000003")
     assert script._newest(None) is None
+    # Or none: Tune saved its record before the trial's first checkpoint.
+    assert script._newest(None, f"{folder}/trial_a").path == str(run / "trial_a" / "checkpoint_000003")
+    assert script._newest(None, f"{folder}/trial_c") is None
     # Tune wrote into one stand-in (its next checkpoint): that one stays.
     (run / "trial_a" / "checkpoint_000002" / "state.pt").write_text("x")
     results.remove_stand_ins(made)

@@ -42,17 +42,18 @@ class Replaced(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         before = self._newest.get(trial.trial_id)
         self._newest[trial.trial_id] = checkpoint.path
-        filesystem = checkpoint.filesystem
-        if before is not None:
-            old = [before] if before != checkpoint.path else []
-        else:  # its first in this driver: whatever a run before this one left
-            old = _others(filesystem, checkpoint.path)
-        for path in old:
-            try:
+        # Whatever fails here must not reach Tune: it would skip recording the checkpoint.
+        try:
+            filesystem = checkpoint.filesystem
+            if before is not None:
+                old = [before] if before != checkpoint.path else []
+            else:  # its first in this driver: whatever a run before this one left
+                old = _others(filesystem, checkpoint.path)
+            for path in old:
                 empty(filesystem, path)
-            except OSError as err:  # the trial goes on; the space is all that is lost
-                log.warning("could not empty the replaced checkpoint %s (%s)", path,
-                            one_line(err))
+        except Exception as err:  # noqa: BLE001 - the trial goes on; the space is all that is lost
+            log.warning("could not empty the checkpoints %s replaced (%s)", checkpoint.path,
+                        one_line(err))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._newest.pop(trial.trial_id, None)
@@ -62,13 +63,14 @@ class Replaced(Callback):
 
 
 def _others(filesystem: fs.FileSystem, path: str) -> list[str]:
-    """The trial's other checkpoint folders that still hold more than the marker."""
+    """The trial's other checkpoint folders that still hold more than the marker (not
+    the empty stand-ins a resume made, which it removes itself)."""
     out = []
     for info in filesystem.get_file_info(fs.FileSelector(posixpath.dirname(path))):
         if info.type == fs.FileType.Directory and info.base_name.startswith("checkpoint_") \
                 and info.path != path:
             inside = filesystem.get_file_info(fs.FileSelector(info.path, recursive=False))
-            if [i.base_name for i in inside] != [MARKER]:
+            if [i.base_name for i in inside] not in ([], [MARKER]):
                 out.append(info.path)
     return out
 

@@ -344,8 +344,8 @@ def stand_in_for_replaced(folder: str) -> list[str]:
 
 
 def remove_stand_ins(paths: list[str]) -> None:
-    """Remove the stand-ins the resumed sweep left empty (Tune deletes the one its
-    record named at that trial's next checkpoint)."""
+    """Remove the stand-ins the resumed sweep left empty (one Tune wrote a checkpoint
+    into stays)."""
     for p in paths:
         filesystem, path = fs.FileSystem.from_uri(p)
         try:

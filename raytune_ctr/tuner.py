@@ -461,6 +461,7 @@ class _Tables(Callback):
         self._tabled: set[str] = set()  # trials whose rows are in the table
         self._df = None  # the table so far: each ended trial's rows, appended
         self._new: list = []  # rows of trials ended since the last write
+        self._whole: set[str] = set()  # trials the driver saw report every epoch
         self._written, self._write_s = float("-inf"), 0.0
         self.ended: set[str] | None = None  # trials that ended of themselves
         self.write_error: StorageError | None = None
@@ -499,6 +500,9 @@ class _Tables(Callback):
             if t.trial_id in (self.ended or ()) and t.trial_id not in self._tabled:
                 # Its reports are in its rows now: the driver keeps no more of it.
                 reported = self._reported.pop(t.trial_id, None)
+                seen = sorted({e["epoch"] for e in reported or () if "epoch" in e})
+                if seen and seen == list(range(1, len(seen) + 1)):
+                    self._whole.add(t.trial_id)
                 status = now.get(t.trial_id, t.status)
                 r = Result(metrics=dict(t.last_result or {}), checkpoint=None, path=t.path,
                            error=_staged_error(t) if status == "ERROR" else None,
@@ -521,6 +525,7 @@ class _Tables(Callback):
             pd.concat(new if self._df is None else [self._df, *new], ignore_index=True))
         try:
             self.where.write_tables(self._df, self.spec, final=False)
+            self._write_s = time.monotonic() - started  # not the upload's time below
             # At a URI the head's disk may go with its pod: the tables go there too,
             # at most once a minute (the folder is copied whole).
             if self.where.remote and time.monotonic() - self._uploaded > 60:
@@ -536,7 +541,6 @@ class _Tables(Callback):
             # the one line here, under the TuneError Tune wraps it in.
             self.write_error = self.where.cannot_write(err)
         self._written = time.monotonic()
-        self._write_s = self._written - started
 
     def on_step_end(self, iteration, trials, **info):
         if self.write_error is None:
@@ -559,13 +563,20 @@ def write_error(where: Results) -> StorageError | None:
 
 
 def tabled(where: Results):
-    """The rows of the trials the sweep at `where` tabled as they ended, if any."""
+    """The rows of the trials the sweep at `where` tabled as they ended, from every
+    report the driver saw, if any."""
     import pandas as pd
 
     tables = _Tables.live.get(where.name)
-    parts = [] if tables is None else \
-        ([] if tables._df is None else [tables._df]) + tables._new
-    return pd.concat(parts, ignore_index=True) if parts else None
+    if tables is None:
+        return None
+    parts = ([] if tables._df is None else [tables._df]) + tables._new
+    if not parts:
+        return None
+    rows = pd.concat(parts, ignore_index=True)
+    # Only the trials whose every epoch it saw: those a resumed sweep's earlier run
+    # finished, or that ran across a kill, come from Tune's record and checkpoints.
+    return rows[rows["trial_id"].isin(tables._whole)]
 
 
 def ended_trials(where: Results) -> set[str] | None:

@@ -275,14 +275,20 @@ def last_state(checkpoint, trial_folder: str | None = None) -> bytes | None:
     Tune's record names that one, an older one (emptied, checkpoints.py; or replaced,
     `stand_in_for_replaced`), or none (saved before the trial's first checkpoint:
     then `trial_folder`, the trial's folder as Tune writes it, says where to look)."""
-    if checkpoint is not None:
-        filesystem, folder = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
-    elif trial_folder is not None:
-        filesystem, folder = fs.FileSystem.from_uri(trial_folder)
-    else:
-        return None
-    found = newest_checkpoint(filesystem, folder)
+    where = checkpoints_folder(checkpoint, trial_folder)
+    found = newest_checkpoint(*where) if where else None
     return found[STATE_FILE] if found else None
+
+
+def checkpoints_folder(checkpoint, trial_folder: str | None = None
+                       ) -> tuple[fs.FileSystem, str] | None:
+    """(filesystem, path) of the folder holding a trial's checkpoints: the one Tune's
+    checkpoint is in, else `trial_folder`; None when neither is known."""
+    if checkpoint is not None:
+        return checkpoint.filesystem, posixpath.dirname(checkpoint.path)
+    if trial_folder is not None:
+        return fs.FileSystem.from_uri(trial_folder)
+    return None
 
 
 def newest_checkpoint(filesystem: fs.FileSystem, trial_path: str) -> dict[str, bytes] | None:

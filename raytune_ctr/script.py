@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from raytune_ctr import fingerprint, output, reporter, trace
+from raytune_ctr import fingerprint, output, reporter, results, trace
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec, all_trials, trial_fields, values
 
 LABEL = "raytune-ctr.sweep"  # on every trial container: the sweep's end removes any left
@@ -124,12 +124,10 @@ def _newest(ckpt, trial_folder: str | None = None):
     from pyarrow import fs
     from ray import tune
 
-    if ckpt is not None:
-        filesystem, trial = ckpt.filesystem, posixpath.dirname(ckpt.path)
-    elif trial_folder is not None:
-        filesystem, trial = fs.FileSystem.from_uri(trial_folder)
-    else:
+    where = results.checkpoints_folder(ckpt, trial_folder)
+    if where is None:
         return None
+    filesystem, trial = where
     best, best_epoch = None, -1
     for info in filesystem.get_file_info(fs.FileSelector(trial, allow_not_found=True)):
         if info.type != fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):

@@ -141,9 +141,10 @@ def sweep(args: argparse.Namespace) -> int:
                      f"{len(statuses) - left} trials finished, {left} interrupted; go on "
                      f"with: {_resume_cmd(where)}", 128 + outcome.interrupted)
     statuses = df.groupby("trial_index")["status"].first()
-    answer = writeup.fastest_reaching(writeup.label_trials(df, outcome.spec),
-                                     outcome.spec.report.target_acc)
-    print(f"\n{answer}\n\n{_where(outcome.report.parent)}")
+    found = writeup.answer(writeup.label_trials(df, outcome.spec), outcome.spec,
+                           outcome.report.parent)
+    lines = "".join(f"\n- {x}" for x in found.lines)
+    print(f"\n{found.headline}{lines}\n\n{_where(outcome.report.parent)}")
     if (statuses == "FAILED").all():
         return _fail(f"all {len(statuses)} trials failed; see {outcome.report}", 1)
     return 0

@@ -42,9 +42,12 @@ class Row(NamedTuple):
 
 
 def total(spec: Spec) -> int:
-    """The trials a sweep runs: a grid's points times its repeats, else num_samples."""
+    """The trials a sweep runs: a grid's points times its repeats, else num_samples
+    (target mode: its budget's trials, before the finalist race)."""
     s = spec.search
-    return len(spec.grid_points()) * s.num_samples if s.method == "grid" else s.num_samples
+    if s.method == "grid":
+        return len(spec.grid_points()) * s.num_samples
+    return (s.goal.budget.trials or s.num_samples) if s.goal is not None else s.num_samples
 
 
 def rows(spec: Spec, trials, last_results: dict[str, dict],
@@ -162,7 +165,9 @@ class Live(Callback):
         first, mode = next(iter(self.spec.search.objectives.items()))
         n, done = total(self.spec), sum(x.status not in _ACTIVE for x in rs)
         elapsed = _now() - (self._t0 if self._t0 is not None else _now())
-        line = f"{done}/{n} trials done in {elapsed:.0f} s; running: " \
+        race = " (then the finalist race)" if self.spec.search.goal is not None \
+            and self.spec.search.goal.finalists is not None else ""
+        line = f"{done}/{n}{race} trials done in {elapsed:.0f} s; running: " \
                f"{sum(x.status == 'running' for x in rs)}"
         if failed := sum(x.status == "error" for x in rs):
             line += f"; failed: {failed}"

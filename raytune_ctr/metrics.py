@@ -68,6 +68,12 @@ FACTS = {
     "ended_at": "when the epoch's evaluation ended (Unix seconds), for the sweep timeline",
 }
 
+# Target mode (search.goal): the metrics a target is set on, higher or lower being
+# better, and the clocks it minimises (they only grow over a trial's epochs).
+HIGHER = ("test_acc", "train_acc", "test_f1")
+LOWER = ("test_loss", "train_loss")
+CLOCKS = ("train_time_s", "wall_time_s", "cost_usd")
+
 RESULTS = tuple(k for k, m in METRICS.items() if m.kind == "result" and k != "epoch")
 MEASURED = tuple(k for k, m in METRICS.items() if m.kind in ("time", "memory"))
 

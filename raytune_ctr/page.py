@@ -187,8 +187,9 @@ def _hardware_figure(last: pd.DataFrame):
 
 
 def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: list[str],
-          target_line: str, tl: tuple) -> Path:
-    """Write report.html into the results folder; return its path. `tl`: `timeline(df)`."""
+          target_line: str, tl: tuple, answer_lines: list[str] | None = None) -> Path:
+    """Write report.html into the results folder; return its path. `tl`: `timeline(df)`;
+    `answer_lines`: what follows the answer (target mode: runners-up, confidence)."""
     import optuna
     import plotly.express as px
     from plotly.offline import get_plotlyjs
@@ -227,6 +228,8 @@ def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: 
     parts = [f"<h1>{html.escape(spec.name)}</h1>",
              f"<p>{html.escape(spec.description.strip())}</p>" if spec.description else "",
              "<h2>Answer</h2>", f"<p>{_inline(answer)}</p>",
+             "<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in answer_lines) + "</ul>"
+             if answer_lines else "",
              f"<p>{_inline(target_line)}</p>",
              "<h2>What each knob costs</h2>",
              "<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in knob_lines) + "</ul>"]

@@ -42,7 +42,7 @@ from pydantic.dataclasses import dataclass
 
 from raytune_ctr import output, usercode
 from raytune_ctr.errors import SpecError, from_pydantic
-from raytune_ctr.metrics import METRICS, unmeasurable
+from raytune_ctr.metrics import CLOCKS, HIGHER, LOWER, METRICS, unmeasurable
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -217,6 +217,46 @@ class AshaSpec:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class BudgetSpec:
+    """Target mode's budget, summed over trials: train seconds, dollars (cost_usd),
+    trials (default: search.num_samples). The sweep ends at the first one spent."""
+
+    trial_seconds: PositiveFloat | None = None
+    usd: PositiveFloat | None = None
+    trials: PositiveInt | None = None
+
+
+@dataclass(frozen=True, config=_STRICT)
+class FinalistSpec:
+    """Target mode's finalist race: the trials within `within` of the best time to
+    target run again with more seeds, until P(the answer is faster than the
+    runner-up) reaches `confidence` or the seeds run out."""
+
+    within: NonNegativeFloat = 0.25
+    seeds: tuple[PositiveInt, ...] = (3, 5)  # seeds per finalist, in rounds
+    confidence: Annotated[StrictFloat, Field(gt=0.5, lt=1)] = 0.9
+
+
+@dataclass(frozen=True, config=_STRICT)
+class GoalSpec:
+    """Target mode (target.py): the configuration that reaches `target`, e.g.
+    {test_acc: 95}, in the least `minimize` (train_time_s, wall_time_s or cost_usd)."""
+
+    target: dict[StrictStr, StrictFloat]
+    minimize: StrictStr = "train_time_s"
+    budget: BudgetSpec = BudgetSpec()
+    # Capping's margin m: a trial stops once it cannot beat the best time x (1 + m).
+    # 0.3: a seed's time to target is within 29% of its configuration's median in 9
+    # of 10 runs, measured on S1's grid x 3 seeds (docs/benchmarks.md, target mode).
+    margin: NonNegativeFloat = 0.3
+    # One evaluation this far beyond the target confirms itself; else the next one
+    # must be at or beyond it too (in the metric's unit: points of accuracy).
+    confirm: NonNegativeFloat = 1.0
+    full_runs: StrictBool = False  # a trial that reached the target trains on
+    finalists: FinalistSpec | None = FinalistSpec()  # null: no race
+
+
+@dataclass(frozen=True, config=_STRICT)
 class SearchSpec:
     method: Literal["grid", "random", "optuna"] = "grid"
     # metric -> "max" | "min"; the first one drives ASHA. Two or more make Optuna
@@ -238,6 +278,8 @@ class SearchSpec:
     grid: dict[StrictStr, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # grid only
     # Explicit configurations: the grid's extra points, or the searcher's first trials.
     points: tuple[dict[StrictStr, Any], ...] = ()
+    # Target mode: race to a threshold instead of ranking on `objectives`.
+    goal: GoalSpec | None = None
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -343,7 +385,8 @@ def _plain(obj):
 
 _SECTIONS: dict[str, type[DataclassInstance]] = {
     "data": DataSpec, "train": TrainSpec, "resources": ResourceSpec, "cost": CostSpec,
-    "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec, "script": ScriptSpec}
+    "search": SearchSpec, "report": ReportSpec, "asha": AshaSpec, "script": ScriptSpec,
+    "goal": GoalSpec, "budget": BudgetSpec, "finalists": FinalistSpec}
 
 
 def _known(loc: tuple) -> list[str]:
@@ -366,13 +409,34 @@ def from_dict(data: Any, *, saved: bool = False) -> Spec:
                 and not (section == "script" and data[section] is None):
             raise SpecError(section, "must be a mapping", data[section])
     try:
-        spec = Spec(**data)
+        spec = Spec(**_goal_objectives(data))
     except _PydanticError as err:
         raise from_pydantic(err, known=_known) from None
     except TypeError as err:  # a non-string key, for example
         raise SpecError("spec", str(err)) from None
     _check(spec, saved)
     return spec
+
+
+def _goal_objectives(data: dict) -> dict:
+    """Target mode's objectives are its own: the target's metric and the clock it
+    minimises (the report's Pareto front and tables show them). Given ones must agree."""
+    search = data.get("search")
+    goal = search.get("goal") if isinstance(search, dict) else None
+    tgt = goal.get("target") if isinstance(goal, dict) else None
+    if not isinstance(search, dict) or not isinstance(goal, dict) or not isinstance(tgt, dict) \
+            or len(tgt) != 1 or not isinstance(next(iter(tgt)), str):
+        return data  # the spec check says what is wrong
+    metric, clock = next(iter(tgt)), goal.get("minimize", "train_time_s")
+    if not isinstance(clock, str):
+        return data
+    want = {metric: "min" if metric in LOWER else "max", clock: "min"}
+    given = search.get("objectives")
+    if given is not None and (not isinstance(given, dict)
+                              or any(want.get(k) != v for k, v in given.items())):
+        raise SpecError("search.objectives", "target mode minimises search.goal.minimize to "
+                        f"search.goal.target ({want}); leave objectives out", given)
+    return data | {"search": search | {"objectives": want}}
 
 
 def read_yaml(path: str | Path, key: str = "--config") -> Any:
@@ -514,6 +578,8 @@ def _check(spec: Spec, saved: bool = False) -> None:
             _check_value(f"{key}.{dim.kind}", name, v, spec)
     if s.method != "grid" and not s.space:
         raise SpecError("search.space", f"a {s.method} search needs at least one dimension", {})
+    if s.goal is not None:
+        _check_goal(spec)
     if not s.objectives:
         raise SpecError("search.objectives", "needs at least one metric", {})
     for metric in s.objectives:
@@ -549,6 +615,47 @@ def _check(spec: Spec, saved: bool = False) -> None:
         if train.batch_size < res.num_workers:
             raise SpecError("train.batch_size", f"must be at least num_workers ({res.num_workers}) "
                             "because it is split across workers", train.batch_size)
+
+
+def _check_goal(spec: Spec) -> None:
+    g, s = spec.search.goal, spec.search
+    trials = all_trials(spec)
+    if s.method != "optuna":
+        raise SpecError("search.method", "target mode (search.goal) searches with Optuna, "
+                        "constrained to the target: use method: optuna", s.method)
+    assert g is not None
+    if len(g.target) != 1:
+        raise SpecError("search.goal.target", "needs exactly one metric and its threshold, "
+                        "e.g. {test_acc: 95.0}", dict(g.target))
+    (metric, value), = g.target.items()
+    if metric not in HIGHER + LOWER:
+        raise SpecError(f"search.goal.target.{metric}", "a target is set on one of "
+                        f"{list(HIGHER + LOWER)}", value)
+    if METRICS[metric].unit == "%" and not 0 < value <= 100:
+        raise SpecError(f"search.goal.target.{metric}", "is a percentage: it must be above 0 "
+                        "and at most 100", value)
+    if metric in LOWER and value <= 0:
+        raise SpecError(f"search.goal.target.{metric}", "a loss target must be above 0", value)
+    if g.minimize not in CLOCKS:
+        raise SpecError("search.goal.minimize", "must be a time or cost that grows over a "
+                        f"trial's epochs, one of {list(CLOCKS)}", g.minimize)
+    asked: tuple[tuple[str, str, Any], ...] = (
+        (f"search.goal.target.{metric}", metric, value),
+        ("search.goal.minimize", g.minimize, g.minimize),
+        ("search.goal.budget.usd", "cost_usd", g.budget.usd))
+    for key, name, given in asked:
+        why = given is not None and unmeasured(name, trials, spec.cost)
+        if why:
+            raise SpecError(key, why, given)
+    if s.scheduler != "none":
+        raise SpecError("search.scheduler", "target mode stops trials itself (capping); "
+                        "use scheduler: none", s.scheduler)
+    if g.finalists is not None and "seed" in spec.searched_keys():
+        raise SpecError("search.goal.finalists", "the race reruns finalists with new seeds; "
+                        "do not search seed (or set finalists: null)", "seed")
+    if g.finalists is not None and list(g.finalists.seeds) != sorted(set(g.finalists.seeds)):
+        raise SpecError("search.goal.finalists.seeds", "must grow from round to round",
+                        g.finalists.seeds)
 
 
 def _check_own_process(spec: Spec, saved: bool) -> None:

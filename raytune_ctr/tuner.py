@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from ray.tune import Callback
-from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ctr import checkpoints, gate, plan, pool, results, script, train, trial
 from raytune_ctr import spec as spec_lib
@@ -25,6 +24,7 @@ from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.live import Live
 from raytune_ctr.live import total as total_trials
 from raytune_ctr.results import Results
+from raytune_ctr.searchers import ResumableOptunaSearch  # also: old tuner.pkl files name it here
 from raytune_ctr.spec import Spec
 
 NAMESPACE = "raytune_ctr"
@@ -230,14 +230,31 @@ def _search(spec: Spec, where: Results, concurrency: int):
                 len(grid))
     space = {k: _domain(d) for k, d in s.space.items()}
     points = [dict(p) for p in s.points] or None
+    num_samples = s.num_samples
+    if s.goal is not None:
+        from raytune_ctr import searchers
+
+        # The fast corners first: an early time to target caps every slower trial.
+        seeded = [*(points or []), *searchers.corners(spec)]
+        points = [p for i, p in enumerate(seeded) if p not in seeded[:i]] or None
+        num_samples = s.goal.budget.trials or num_samples
     if s.method == "random":
         gen = BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed,
                                     max_concurrent=concurrency)
-        return space, gen, s.num_samples
+        return space, gen, num_samples
     import optuna
 
     from raytune_ctr import samplers
 
+    if s.goal is not None:
+        from raytune_ctr import target
+
+        race = s.goal.finalists
+        return space, searchers.GoalOptunaSearch(
+            target.rule(spec), num_samples, race, spec.train.seed, str(where.local),
+            sampler=samplers.for_objectives(1, s.seed), points_to_evaluate=points,
+            study_name=where.name, storage=optuna.storages.RDBStorage(where.optuna_url)), \
+            num_samples * (max(race.seeds) if race else 1)  # the race's trials at most
     names: list[str] = list(s.objectives)
     modes: list[str] = list(s.objectives.values())
     sampler = samplers.for_objectives(len(names), s.seed)
@@ -247,20 +264,6 @@ def _search(spec: Spec, where: Results, concurrency: int):
         sampler=sampler, points_to_evaluate=points, study_name=where.name,
         storage=optuna.storages.RDBStorage(where.optuna_url))
     return space, searcher, s.num_samples
-
-
-class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch that survives a resume: a trial which finished after Tune's last
-    experiment checkpoint is already told in the study, so Tune's restarted copy of it
-    must not report to it again (Optuna refuses, and Tune would crash)."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        import optuna
-
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._completed_trials.add(trial_id)
 
 
 def _scheduler(spec: Spec):
@@ -333,8 +336,19 @@ def _run_config(spec: Spec, where: Results, verbose: bool = False):
         # A trial that fails restarts from its last epoch checkpoint (max_failures
         # times; any error counts, so a diverged trial is tried again, then FAILED).
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+        stop=_capping(spec, where),
         # Every checkpoint kept in Tune's record, old ones emptied (checkpoints.py).
         checkpoint_config=tune.CheckpointConfig())
+
+
+def _capping(spec: Spec, where: Results):
+    """Target mode's stopper (searchers.py); None otherwise."""
+    if spec.search.goal is None:
+        return None
+    from raytune_ctr import searchers, target
+
+    return searchers.CappingStopper(target.rule(spec), searchers.budget(spec),
+                                      spec.train.epochs, str(where.local))
 
 
 def _coordinator_name(where: Results) -> str:
@@ -398,7 +412,9 @@ def _coordination(spec: Spec, coordinator_name: str):
     import ray
     from ray import tune
 
-    total = total_trials(spec)
+    goal = spec.search.goal
+    # Target mode's race asks for more trials, of any size, after the search's own.
+    total = total_trials(spec) * (max(goal.finalists.seeds) if goal and goal.finalists else 1)
 
     class Coordination(tune.Callback):
         def __init__(self):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from raytune_ctr import effects, metrics, page, results
+from raytune_ctr import target as target_mode
 from raytune_ctr.metrics import MEASURED, RESULTS
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec
 
@@ -153,6 +154,17 @@ def fastest_reaching(df: pd.DataFrame, target: float) -> str:
             f"reached {win['test_acc']:.2f}% at epoch {int(win['epoch'])} after "
             f"{win['train_time_s']:.3g} s of training ({n_reach} of "
             f"{ok['config'].nunique()} configurations reached it).")
+
+
+def answer(df: pd.DataFrame, spec: Spec, run_dir: Path) -> target_mode.Answer:
+    """The report's answer (`df` labelled): in target mode the race's, with its
+    confidence (target.answer); else the fastest trial to report.target_acc."""
+    goal = spec.search.goal
+    if goal is None:
+        return target_mode.Answer(fastest_reaching(df, spec.report.target_acc), [],
+                                  pd.DataFrame())
+    return target_mode.answer(df, target_mode.rule(spec), goal.finalists.confidence
+                              if goal.finalists else 0.9, target_mode.events(run_dir))
 
 
 def hardware_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -394,7 +406,10 @@ def build(run_dir: Path) -> Path:
     eff = effects.effects(df, spec)
     ttt = effects.time_to_target(df, target)
     md.append("## Answer\n")
-    md.append(fastest_reaching(df, target) + "\n")
+    found = answer(df, spec, run_dir)
+    md.append(found.headline + "\n")
+    md.append("".join(f"- {x}\n" for x in found.lines))
+    md.append("\n" + _md(found.table.round(4)) if len(found.table) else "")
     md.append("## What each knob costs\n")
     md.append(knob_section(df, spec, eff))
     md.append(f"## Time to target ({target:g}% test accuracy)\n")
@@ -438,8 +453,8 @@ def build(run_dir: Path) -> Path:
     eff.to_csv(run_dir / KNOBS, index=False)
     out = run_dir / "report.md"
     out.write_text("\n".join(md))
-    page.write(run_dir, df, spec, fastest_reaching(df, target), effects.sentences(eff),
-               target_summary(ttt, target), tl)
+    page.write(run_dir, df, spec, found.headline, effects.sentences(eff),
+               target_summary(ttt, target), tl, found.lines)
     return out
 
 

@@ -146,3 +146,49 @@ def test_every_trial_failing_exits_1_and_still_writes_the_report(write_spec, tmp
     df = trials(tmp_path / "res" / "bad")
     assert df["status"].tolist() == ["FAILED"] and df["test_acc"].isna().all()
     assert "train_loss is nan" in (tmp_path / "res" / "bad" / "report.md").read_text()
+
+
+def test_target_mode_races_to_the_target_and_answers_with_its_confidence(write_spec, tmp_path):
+    """The quickstart's space in target mode, smaller: trials stop at the target or when
+    capped, Optuna is told time and constraint, the finalists run again with seeds, and
+    the answer comes with its confidence in report.md, report.html and the command's
+    output."""
+    import yaml
+
+    with open(ROOT / "experiments/configs/quickstart_target.yaml") as f:
+        mapping = yaml.safe_load(f)
+    mapping["train"]["epochs"] = 6
+    mapping["search"]["num_samples"] = 5
+    mapping["search"]["space"]["batch_size"] = {"choice": [64, 128]}
+    mapping["search"]["goal"]["finalists"] = {"seeds": [2]}
+    spec = write_spec(mapping)
+    proc = run("experiments/sweep.py", "--config", spec, "--storage-path", tmp_path / "res",
+               "--name", "goal")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "res" / "goal"
+    df = trials(out)
+    last = df.groupby("trial_index").tail(1)
+    assert set(last["status"]) <= {"COMPLETED", "STOPPED"}
+    log = [e["event"] for e in writeup.target_mode.events(out)]
+    reached = df.groupby("trial_index")["test_acc"].max() >= 95
+    assert log.count("reached") >= 1 and "finalists" in log
+    assert reached.any()
+    rule = writeup.target_mode.rule(writeup.results.load_spec(out))
+    for _, rows in df.groupby("trial_index"):
+        curve = list(zip(rows["train_time_s"], rows["test_acc"], strict=True))
+        known = [k for k in range(1, len(curve) + 1)
+                 if writeup.target_mode.crossing(curve[:k], rule) is not None]
+        # a trial stops at the evaluation that confirms its crossing, not later
+        assert not known or known[0] == len(curve)
+    study = optuna.load_study(study_name="goal", storage=f"sqlite:///{out / 'optuna.db'}")
+    told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(told) == 5  # the race's reruns are not Optuna's trials
+    assert all("target" in t.constraints for t in told)
+    # the race ran each finalist with a second seed
+    assert df.groupby("trial_index")["seed"].first().nunique() == 2
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for text in (md, page, proc.stdout):
+        assert "Fastest to test_acc ≥ 95" in text or "No configuration reached" in text
+        assert "Compute:" in text
+    assert "Confidence:" in md and "Confidence:" in page

@@ -80,6 +80,12 @@ class CappingStopper(Stopper):
                 log.warning("cannot write %s: %s", target.LOG, err)
         return why is not None
 
+    def __setstate__(self, state: dict) -> None:
+        # Tune restores this stopper as the sweep made it; its log says what it saw since.
+        self.__dict__.update(state)
+        if self.folder is not None:
+            self.capping.replay(target.events(Path(self.folder)))
+
     def stop_all(self) -> bool:
         return self.capping.exhausted()
 

@@ -146,7 +146,8 @@ class Capping:
         if t.time is not None:
             if known is None:
                 self._ended(key, trial_id, t.time)
-                self._event("reached", trial_id, clock, value, epoch, epochs, time=t.time)
+                self._event("reached", trial_id, clock, value, epoch, epochs, time=t.time,
+                            key=key)
             if not self.rule.full_runs:
                 t.done = True
                 return "reached"
@@ -155,7 +156,7 @@ class Capping:
         crossed = pending(t.curve, self.rule)  # confirmed by the next epoch, it may yet win
         if cap is not None and (crossed is None or crossed > cap) and clock + t.fastest > cap:
             t.done = True
-            self._event("capped", trial_id, clock, value, epoch, epochs, cap=cap,
+            self._event("capped", trial_id, clock, value, epoch, epochs, cap=cap, key=key,
                         incumbent=_name(self.incumbent[1]) if self.incumbent else None)
             self._ended(key, trial_id, math.inf)
             return "capped"
@@ -163,6 +164,17 @@ class Capping:
             t.done = True
             self._ended(key, trial_id, math.inf)
         return None
+
+    def replay(self, events: list[dict]) -> None:
+        """Take back the crossings and caps of an earlier run of this sweep (its
+        target.jsonl), so a resumed sweep caps against the incumbent it had."""
+        for e in events:
+            if e.get("event") not in ("reached", "capped") or "key" not in e:
+                continue
+            k = e["key"]
+            k = tuple(tuple(p) for p in k) if isinstance(k, list) else k
+            self.trials.setdefault(e["trial_id"], _Trial()).done = not self.rule.full_runs
+            self._ended(k, e["trial_id"], e["time"] if e["event"] == "reached" else math.inf)
 
     def exhausted(self) -> bool:
         return self.budget is not None and self.spent >= self.budget

@@ -80,8 +80,8 @@ def test_a_trial_stops_as_soon_as_its_time_is_known():
     cap = Capping(ACC)
     assert feed(cap, "a", [90, 95.2, 95.3, 97]) == ("reached", 3)
     assert cap.incumbent == (2.0, "a")
-    assert cap.events[-1] | {} == {"event": "reached", "trial_id": "a", "clock": 3.0,
-                                    "value": 95.3, "epoch": 3, "saved": 0.0, "time": 2.0}
+    assert cap.events[-1] == {"event": "reached", "trial_id": "a", "clock": 3.0, "value": 95.3,
+                              "epoch": 3, "saved": 0.0, "time": 2.0, "key": "a"}
 
 
 def test_full_runs_keep_training_after_the_target():
@@ -364,3 +364,25 @@ def test_an_unclear_race_goes_to_the_next_round():
     run(s, "d", [95.5, 95.6], step=1.05)
     assert [s.suggest(t) for t in ("e", "f")] == [{"lr": 1.0, "seed": 2}, {"lr": 0.5, "seed": 2}]
     assert s.suggest("g") is None
+
+
+def test_a_resumed_sweeps_stopper_caps_against_the_incumbent_it_had(tmp_path):
+    """Tune restores the stopper as the sweep made it (tuner.pkl); its log brings back
+    the crossings and caps since."""
+    import pickle
+
+    from raytune_ctr import searchers
+
+    made = pickle.dumps(searchers.CappingStopper(ACC, None, 10, str(tmp_path)))
+    stopper = pickle.loads(made)
+    for i, acc in enumerate([90, 95.5, 95.6]):
+        stopper("a", {"test_acc": acc, "train_time_s": 2.0 * (i + 1), "epoch": i + 1,
+                      "config": {"lr": 1.0, "seed": 1}})
+    assert stopper.capping.incumbent == (4.0, (("lr", 1.0),))
+    restored = pickle.loads(made)
+    assert restored.capping.incumbent == (4.0, (("lr", 1.0),))
+    assert restored.capping.cap() == pytest.approx(4.4)
+    # ...and caps as it would have: 3 s epochs cannot beat 4.4 s
+    assert restored("b", {"test_acc": 80, "train_time_s": 3.0, "epoch": 1,
+                          "config": {"lr": 0.1}})
+    assert target.events(tmp_path)[-1]["event"] == "capped"

@@ -1,6 +1,7 @@
 """`ray up cluster/docker.yaml`: the config through Ray's validator and our provider's
 checks, and on a real Docker engine (marker `docker`) a head and two workers from the
-image, a sweep whose trials land on both workers, `ray down` with nothing left behind.
+image, a sweep whose trials land on both workers, a killed worker started again by
+`ray up` and taking trials, `ray down` after a node died with nothing left behind.
 The engine test skips, saying why, without an engine or the image."""
 
 import json
@@ -99,7 +100,11 @@ def test_up_sweep_across_nodes_down(cluster, engine):
     assert df["env_host"].nunique() == 2  # one trial on each worker container
 
     _own_code_reaches_every_node(path, data)
+    _a_dead_worker_comes_back_with_ray_up(path, name, engine, data)
 
+    # `ray down` after a node died: every container, running or exited, and the network.
+    engine.containers.get(f"{name}-worker-0").kill()
+    assert engine.containers.get(f"{name}-worker-0").status == "exited"
     down = ray_cli("down", "-y", path)
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
     assert engine.containers.list(all=True, filters={"label": f"{LABEL}={name}"}) == []
@@ -184,3 +189,24 @@ def _own_code_reaches_every_node(path, data):
     assert df["env_host"].nunique() == 2  # trained on both worker containers
     assert (df["model"] == "headonly.nets:build").all()
     assert (data / "results" / "own" / "report.html").is_file()
+
+
+def _a_dead_worker_comes_back_with_ray_up(path, name, engine, data):
+    """A worker container killed (a lost node): the next `ray up` starts it again, it
+    rejoins the head, and a sweep's trials land on it."""
+    engine.containers.get(f"{name}-worker-1").kill()
+    assert engine.containers.get(f"{name}-worker-1").status == "exited"
+    up = ray_cli("up", "-y", "--no-config-cache", path)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert engine.containers.get(f"{name}-worker-1").status == "running"
+    out = ray_cli("submit", "--no-config-cache", path, data / "nodes.py")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    nodes = json.loads(out.stdout.split("NODES=", 1)[1].splitlines()[0])
+    assert len(nodes) == 3  # the head and both workers alive again
+    sweep = ray_cli("exec", "--no-config-cache", path,
+                    "python experiments/sweep.py --config /data/tiny.yaml --address auto "
+                    "--storage-path /data/results --name again")
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    df = pd.read_parquet(data / "results" / "again" / "trials.parquet")
+    assert (df["status"] == "COMPLETED").all()
+    assert df["env_host"].nunique() == 2  # the new worker-1 took a trial

@@ -10,7 +10,9 @@ The cluster has a fixed size. The Docker socket is not mounted into any containe
 autoscaler against this provider. Instead `ray up` creates the head container, and
 with it each worker type's `min_workers` containers; each worker runs the YAML's
 setup and start commands itself, joins the head when its GCS answers, and rejoins
-after a head restart. `ray down` removes every container, then the network.
+after a head restart. A later `ray up` starts again any worker container that died
+(killed, or a preempted node). `ray down` removes every container, running or
+exited, then the network.
 Results go to a host folder bind-mounted at /data in every container, so all nodes
 share one storage path and `ray down` loses nothing.
 
@@ -233,14 +235,31 @@ class DockerNodeProvider(NodeProvider):
             raise SpecError("provider.image", "no such image on this Docker host; build it "
                             "with images/Dockerfile", self.image) from None
         self._ensure_network()
-        volumes = self._mounts()
         head = f"{self.cluster_name}-head"
+        self._running(head)  # a head that died: its exited container goes
         created = {head: self._run(head, tags, _docker_args(node_config, "head node_config"),
-                                   ["sleep", "infinity"], volumes)}
+                                   ["sleep", "infinity"], self._mounts())}
+        return created | self.ensure_workers()
+
+    def _running(self, name: str) -> bool:
+        """Whether a container of this name runs; one that exited is removed, so that
+        `ray up` can start its replacement under the same name."""
+        c = self._get(name)
+        if c is not None and c.status != "running":
+            c.remove(force=True, v=True)
+            return False
+        return c is not None
+
+    def ensure_workers(self) -> dict:
+        """Start each worker container that is missing or has died (a killed or
+        preempted node); running ones are kept. `ray up` calls this when it makes the
+        head and each time it updates it, so the cluster comes back to its size."""
+        created = {}
+        volumes = self._mounts()
         for spec in self.provider_config.get(WORKERS, []):
             for i in range(spec["count"]):
                 name = f"{self.cluster_name}-{spec['type']}-{i}"
-                if self._get(name) is not None:
+                if self._running(name):
                     continue  # a head replaced by `ray up`: the workers rejoin it themselves
                 wtags = {TAG_RAY_CLUSTER_NAME: self.cluster_name,
                          TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
@@ -248,9 +267,10 @@ class DockerNodeProvider(NodeProvider):
                          TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE}
                 env = ({"RAY_OVERRIDE_RESOURCES": json.dumps(spec["resources"])}
                        if spec["resources"] else {})
-                script = _worker_script(spec["setup"], spec["start"], head)
+                script = _worker_script(spec["setup"], spec["start"], f"{self.cluster_name}-head")
                 created[name] = self._run(name, wtags, dict(spec["docker"]),
                                           ["bash", "-c", script], volumes, env)
+                log.info("started worker container %s", name)
         return created
 
     def terminate_node(self, node_id: str) -> None:
@@ -261,7 +281,9 @@ class DockerNodeProvider(NodeProvider):
             tags = self._load_tags()
             tags.pop(node_id, None)
             self._save_tags(tags)
-        if not self._containers(all_states=True):
+        if not self._containers():  # the last running node: dead ones go with it
+            for dead in self._containers(all_states=True):
+                dead.remove(force=True, v=True)
             self._cleanup()
 
     def _cleanup(self) -> None:
@@ -273,15 +295,18 @@ class DockerNodeProvider(NodeProvider):
 
     def get_command_runner(self, log_prefix, node_id, auth_config, cluster_name,
                            process_runner, use_internal_ip, docker_config=None):
-        return DockerExecRunner(self.client, node_id, log_prefix)
+        on_head = self.ensure_workers if node_id == f"{self.cluster_name}-head" else None
+        return DockerExecRunner(self.client, node_id, log_prefix, on_head)
 
 
 class DockerExecRunner(CommandRunnerInterface):
     """Ray's command runner over `docker exec` and tar streams."""
 
-    def __init__(self, client: docker.DockerClient, container: str, log_prefix: str = ""):
+    def __init__(self, client: docker.DockerClient, container: str, log_prefix: str = "",
+                 on_head=None):
         self.client, self.container, self.log_prefix = client, container, log_prefix
         self._home: str | None = None
+        self._on_head = on_head  # the provider's ensure_workers, for the head's runner
 
     def _c(self):
         return self.client.containers.get(self.container)
@@ -347,4 +372,8 @@ class DockerExecRunner(CommandRunnerInterface):
         return f"docker exec -it {self.container} bash\n"
 
     def run_init(self, *, as_head: bool, file_mounts: dict, sync_run_yet: bool):
-        return None  # the node is the container already; nothing to start inside it
+        # The node is the container already. On the head, `ray up` brings back any
+        # worker container that died since (there is no autoscaler to do it).
+        if as_head and self._on_head is not None:
+            self._on_head()
+        return None

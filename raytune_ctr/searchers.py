@@ -119,15 +119,18 @@ class GoalOptunaSearch(ResumableOptunaSearch):
             return config
         if not self._queue and not self._next_round():
             return None if self._running else self.FINISHED  # type: ignore[return-value]
-        k = self._queue.pop(0)
-        self._seeds[k] += 1
-        config = dict(k) | {"seed": self.seed0 + self._seeds[k] - 1}
+        config = dict(self._queue.pop(0))
         self._asked(trial_id, config)
         return config
 
     def _asked(self, trial_id: str, config: dict) -> None:
+        """Count the run; a configuration's second run on, Optuna's repeats included,
+        gets the next seed (train.seed + 1, + 2, ...), so no seed is counted twice."""
         self._configs[trial_id] = k = key(config)
-        self._seeds.setdefault(k, 1)
+        n = self._seeds.get(k, 0)
+        self._seeds[k] = n + 1
+        if n and "seed" not in config:
+            config["seed"] = self.seed0 + n
         self._running.add(trial_id)
         self._suggested += 1
 

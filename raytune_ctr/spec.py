@@ -218,8 +218,9 @@ class AshaSpec:
 
 @dataclass(frozen=True, config=_STRICT)
 class BudgetSpec:
-    """Target mode's budget, summed over trials: train seconds, dollars (cost_usd),
-    trials (default: search.num_samples). The sweep ends at the first one spent."""
+    """Target mode's budget: train seconds or dollars (cost_usd) summed over trials,
+    at which the sweep ends; trials: the search's (default: search.num_samples),
+    after which the finalist race adds its reruns."""
 
     trial_seconds: PositiveFloat | None = None
     usd: PositiveFloat | None = None
@@ -656,6 +657,9 @@ def _check_goal(spec: Spec) -> None:
     if g.finalists is not None and list(g.finalists.seeds) != sorted(set(g.finalists.seeds)):
         raise SpecError("search.goal.finalists.seeds", "must grow from round to round",
                         g.finalists.seeds)
+    if g.finalists is not None and g.finalists.seeds[0] < 2:
+        raise SpecError("search.goal.finalists.seeds", "the race's first round needs 2 seeds "
+                        "or more (one seed says nothing of the spread)", g.finalists.seeds)
 
 
 def _check_own_process(spec: Spec, saved: bool) -> None:

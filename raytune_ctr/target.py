@@ -134,9 +134,15 @@ class Capping:
         t = self.trials.setdefault(trial_id, _Trial())
         if t.done:
             return None
+        if t.curve and t.curve[-1] == (clock, value) and epoch == len(t.curve):
+            return None  # its last result said again (a function trainable's end)
         if epoch > 0:  # a restarted trial says its epochs after the checkpoint again
             del t.curve[epoch - 1:]
-        step = clock - (t.curve[-1][0] if t.curve else 0.0)
+        if not t.curve and epoch > 1:
+            # First seen mid-run (a resumed sweep): one epoch's worth, at its mean.
+            step = clock / epoch
+        else:
+            step = clock - (t.curve[-1][0] if t.curve else 0.0)
         self.spent += max(step, 0.0)  # a redone epoch was spent twice
         if step > 0:
             t.fastest = min(t.fastest, step)
@@ -162,6 +168,7 @@ class Capping:
             return "capped"
         if epochs and epoch >= epochs:  # its last epoch, below the target: a miss
             t.done = True
+            self._event("missed", trial_id, clock, value, epoch, epochs, key=key)
             self._ended(key, trial_id, math.inf)
         return None
 
@@ -169,7 +176,7 @@ class Capping:
         """Take back the crossings and caps of an earlier run of this sweep (its
         target.jsonl), so a resumed sweep caps against the incumbent it had."""
         for e in events:
-            if e.get("event") not in ("reached", "capped") or "key" not in e:
+            if e.get("event") not in ("reached", "capped", "missed") or "key" not in e:
                 continue
             k = e["key"]
             k = tuple(tuple(p) for p in k) if isinstance(k, list) else k
@@ -285,6 +292,7 @@ def answer(df, rule: Rule, confidence: float, log: list[dict]):
     over its seeds, the runners-up with P(faster than it), and what the search spent."""
     import pandas as pd
 
+    capped_ids = {e.get("trial_id") for e in log if e.get("event") == "capped"}
     trials = []
     for i, rows in df.sort_values("epoch").groupby("trial_index", sort=True):
         rows = rows[rows["epoch"].notna()]
@@ -293,25 +301,32 @@ def answer(df, rule: Rule, confidence: float, log: list[dict]):
         first = rows.iloc[0] if len(rows) else df[df["trial_index"] == i].iloc[0]
         t = crossing(curve, rule)
         at = rows[rows[rule.clock] == t].iloc[0] if t is not None else None
+        # A miss: capped, or every epoch run below the target. A trial cut short
+        # otherwise (interrupted, the budget spent) is unfinished: no measurement.
+        ran_all = len(rows) > 0 and rows["epoch"].max() >= first.get("epochs", math.inf)
+        missed = first.get("trial_id") in capped_ids or ran_all
         trials.append({"trial": i, "config": first["config"], "status": first["status"],
-                       "time": t if t is not None else math.inf,
+                       "time": t if t is not None else math.inf if missed else math.nan,
                        "cost": at["cost_usd"] if at is not None and "cost_usd" in rows else None,
                        "spent": float(rows["train_time_s"].max()) if len(rows) else 0.0})
     t = pd.DataFrame(trials)
-    ok = t[t["status"] != "FAILED"]
+    ok = t[(t["status"] != "FAILED") & t["time"].notna()]
     times = {c: g["time"].tolist() for c, g in ok.groupby("config", sort=False)}
+    unfinished = int(((t["status"] != "FAILED") & t["time"].isna()).sum())
     order = ranking(times)
     capped = [e for e in log if e.get("event") == "capped"]
     saved = sum(e.get("saved", 0.0) for e in capped)
     spent = (f"{t['spent'].sum():.4g} trial-seconds of training over {len(t)} trials"
-             f" ({(t['status'] == 'FAILED').sum()} FAILED, not counted as misses)")
+             f" ({(t['status'] == 'FAILED').sum()} FAILED and {unfinished} unfinished, "
+             "not counted as misses)")
     caps = (f"capping stopped {len(capped)} trials and saved about {saved:.4g} "
             f"{'USD' if rule.clock == 'cost_usd' else 'trial-seconds'} (their remaining "
             "epochs at their mean epoch)")
     op = "≥" if rule.higher else "≤"
     goal = f"{rule.metric} {op} {rule.target:g}"
     if not order or not math.isfinite(median(times[order[0]])):
-        best = ok.merge(df[["trial_index", rule.metric]], left_on="trial", right_on="trial_index")
+        best = t[t["status"] != "FAILED"].merge(df[["trial_index", rule.metric]], left_on="trial",
+                        right_on="trial_index").dropna(subset=[rule.metric])
         near = ""
         if len(best):
             row = best.loc[best[rule.metric].idxmax() if rule.higher else best[rule.metric].idxmin()]

@@ -198,9 +198,10 @@ def test_ranking_puts_configurations_that_reached_more_often_first_among_misses(
 # --- the answer -----------------------------------------------------------------------
 
 
-def rows(trial, config, values, status="COMPLETED", step=1.0, seed=1):
-    return [{"trial_index": trial, "config": config, "status": status, "epoch": i + 1,
-             "seed": seed, "test_acc": v, "train_time_s": step * (i + 1), "cost_usd": None}
+def rows(trial, config, values, status="COMPLETED", step=1.0, seed=1, epochs=None):
+    return [{"trial_index": trial, "trial_id": f"t{trial}", "config": config, "status": status,
+             "epoch": i + 1, "epochs": epochs or len(values), "seed": seed, "test_acc": v,
+             "train_time_s": step * (i + 1), "cost_usd": None}
             for i, v in enumerate(values)]
 
 
@@ -220,6 +221,23 @@ def test_the_answer_is_the_lowest_median_with_runners_up_and_confidence():
     assert "P(the answer is faster than the runner-up) = 1.00" in a.lines[-2]
     assert "1 FAILED" in a.lines[-1] and "capping stopped 1 trials" in a.lines[-1]
     assert list(a.table.index) == ["A", "B"]  # the FAILED trial is no measurement
+
+
+def test_a_trial_cut_short_is_unfinished_not_a_miss_and_a_capped_one_is_a_miss():
+    a_runs = rows(0, "A", [95.5, 95.6]) + rows(1, "A", [90, 95.5, 95.6], seed=2)
+    b_runs = rows(2, "B", [90, 95.5, 95.6], step=0.5) + rows(3, "B", [90, 95.5, 95.6], seed=2,
+                                                              step=0.5)
+    # B's third seed: cut short by an interruption (2 of 10 epochs): left out
+    cut = rows(4, "B", [90, 91], status="INTERRUPTED", seed=3, epochs=10)
+    a = target.answer(pd.DataFrame(a_runs + b_runs + cut), ACC, 0.9, [])
+    assert "**B**" in a.headline and "median over 2 seeds" in a.headline
+    assert "1 unfinished" in a.lines[-1]
+    # the same run capped: a miss, and B's median is gone
+    capped = rows(4, "B", [90, 91], status="STOPPED", seed=3, epochs=10)
+    a = target.answer(pd.DataFrame(a_runs + b_runs + capped), ACC, 0.9,
+                      [{"event": "capped", "trial_id": "t4", "saved": 8.0}])
+    assert "**B**" in a.headline and "median over 3 seeds" in a.headline
+    assert "2 of 3 reached it" in a.headline
 
 
 def test_no_answer_says_so_and_names_the_closest():
@@ -273,6 +291,8 @@ def test_the_target_config_loads_with_its_own_objectives():
     ({"target": {"test_acc": 95.0}, "finalists": {"seeds": [5, 3]}}, {},
      "search.goal.finalists.seeds", "grow"),
     ({"target": {"test_acc": 95.0}, "margn": 0.1}, {}, "search.goal.margn", "did you mean"),
+    ({"target": {"test_acc": 95.0}, "finalists": {"seeds": [1, 3]}}, {},
+     "search.goal.finalists.seeds", "2 seeds or more"),
 ])
 def test_a_goal_that_cannot_hold_is_refused_on_one_line(goal, search, key, fragment):
     with pytest.raises(SpecError) as e:
@@ -386,3 +406,50 @@ def test_a_resumed_sweeps_stopper_caps_against_the_incumbent_it_had(tmp_path):
     assert restored("b", {"test_acc": 80, "train_time_s": 3.0, "epoch": 1,
                           "config": {"lr": 0.1}})
     assert target.events(tmp_path)[-1]["event"] == "capped"
+
+
+def test_a_resumed_trial_first_seen_mid_run_is_capped_on_its_mean_epoch_not_its_clock():
+    cap = Capping(ACC)
+    feed(cap, "fast", [95.5, 95.6], step=50.0)  # reached at 50: cap 55
+    # first seen at epoch 7, clock 35 (5 s epochs): its next would end at 40 < 55
+    assert cap.observe("resumed", 35.0, 90.0, 7, 20) is None
+    assert cap.trials["resumed"].fastest == pytest.approx(5.0)
+
+
+def test_a_miss_is_logged_and_comes_back_after_a_resume():
+    cap = Capping(ACC)
+    feed(cap, "a", [95.5, 95.6], key="A")  # A: 1
+    feed(cap, "b", [90, 94], epochs=2, key="A")  # A: 1, inf
+    feed(cap, "c", [90, 93], epochs=2, key="A")  # A: 1, inf, inf: no median
+    assert cap.incumbent is None
+    again = Capping(ACC)
+    again.replay(json_round_trip(cap.events))
+    assert again.incumbent is None and again.times["A"] == cap.times["A"]
+
+
+def json_round_trip(events):
+    import json
+
+    return [json.loads(json.dumps(e)) for e in events]
+
+
+def test_a_last_result_said_again_is_not_spent_twice():
+    cap = Capping(dataclasses.replace(ACC, full_runs=True))
+    feed(cap, "a", [90, 95.5, 95.6], step=10.0)
+    assert cap.spent == 30.0
+    cap.observe("a", 30.0, 95.6, 3, 3)
+    assert cap.spent == 30.0
+
+
+def test_an_optuna_repeat_gets_the_next_seed():
+    import optuna
+    from ray import tune
+
+    from raytune_ctr import searchers
+
+    s = searchers.GoalOptunaSearch(
+        ACC, 3, None, seed=5, folder=None, sampler=optuna.samplers.RandomSampler(seed=0),
+        points_to_evaluate=[{"lr": 0.5}, {"lr": 0.5}, {"lr": 0.5}])
+    assert s.set_search_properties(None, None, {"lr": tune.choice([0.5, 1.0])})
+    assert [s.suggest(t) for t in "abc"] == [{"lr": 0.5}, {"lr": 0.5, "seed": 6},
+                                             {"lr": 0.5, "seed": 7}]

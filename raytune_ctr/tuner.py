@@ -364,11 +364,15 @@ def _start_coordinator(spec: Spec, where: Results, concurrency: int):
     takes seconds to start, longer than a small trial trains. A one-worker trial
     trains once they are up (trial.py)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     try:
         # ray.remote made it an ActorClass; mypy keeps a decorated class's own type.
+        # On the driver's node: a worker node lost mid-sweep must not take it along.
         coordinator = pool.Coordinator.options(  # type: ignore[attr-defined]
-            name=_coordinator_name(where), namespace=NAMESPACE).remote(where.where)
+            name=_coordinator_name(where), namespace=NAMESPACE,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)).remote(where.where)
     except ValueError:  # the name is taken
         raise SpecError("--name", "a sweep of that name is running on this Ray cluster",
                         where.name) from None

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import docker
@@ -210,3 +211,91 @@ def _a_dead_worker_comes_back_with_ray_up(path, name, engine, data):
     df = pd.read_parquet(data / "results" / "again" / "trials.parquet")
     assert (df["status"] == "COMPLETED").all()
     assert df["env_host"].nunique() == 2  # the new worker-1 took a trial
+
+
+LOSS = {  # 2-worker DDP trials first, so each worker node holds a pool when one is lost
+    "name": "loss", "data": {"dataset": "digits"},
+    "train": {"model": "mnist_cnn", "epochs": 40, "optimizer": "adadelta", "batch_size": 32},
+    "resources": {"cpus_per_trial": 2},
+    "search": {"method": "grid", "max_failures": 2,
+               "points": [{"num_workers": 2, "seed": 1}, {"num_workers": 2, "seed": 2},
+                          {"num_workers": 1, "seed": 3}, {"num_workers": 2, "seed": 4}]}}
+
+
+@pytest.fixture
+def cluster_2cpu(engine, tmp_path):
+    """Worker containers of 2 CPUs each: one trial of 2 Train workers fits a node."""
+    cfg = yaml.safe_load((ROOT / "cluster" / "docker.yaml").read_text())
+    name = f"rtc-loss-{os.getpid()}"
+    cfg["cluster_name"] = name
+    cfg["provider"] |= {"image": IMAGE, "network": f"{name}-net",
+                        "data_dir": str(tmp_path / "data"), "state_dir": str(tmp_path / "state")}
+    cfg["available_node_types"]["worker"]["node_config"]["cpus"] = 2.0
+    path = tmp_path / "docker.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    yield path, name, tmp_path / "data"
+    ray_cli("down", "-y", path)
+
+
+def _checkpoints(folder: Path) -> dict[str, int]:
+    """trial folder -> its newest checkpoint's number, as the trials write them."""
+    out = {}
+    for t in folder.glob("trial_*"):
+        numbers = [int(c.name.rsplit("_", 1)[1]) for c in t.glob("checkpoint_*")]
+        if numbers:
+            out[t.name] = max(numbers)
+    return out
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_lost_worker_node_costs_only_its_unfinished_epochs(cluster_2cpu, engine, how):
+    """A worker container lost while it runs a 2-worker DDP trial on its pool: `docker
+    kill`, or `docker stop -t 30` (SIGTERM, then SIGKILL 30 s later, as Spot gives
+    notice). The lost trial restarts from its last epoch checkpoint on the node left,
+    whose pool serves it; every trial ends COMPLETED, none lost, retries in the table."""
+    path, name, data = cluster_2cpu
+    up = ray_cli("up", "-y", "--no-config-cache", path)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    data.mkdir(exist_ok=True)
+    (data / "loss.yaml").write_text(yaml.safe_dump(LOSS))
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    sweep = subprocess.Popen(
+        [RAY, "exec", "--no-config-cache", str(path),
+         "python experiments/sweep.py --config /data/loss.yaml --address auto "
+         "--storage-path /data/results --name loss"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        folder = data / "results" / "loss"
+        deadline = time.time() + 300
+        # Both nodes busy with a DDP trial, a few epochs in.
+        while time.time() < deadline and sweep.poll() is None:
+            ckpts = _checkpoints(folder)
+            if len(ckpts) >= 2 and min(ckpts.values()) >= 3:
+                break
+            time.sleep(0.5)
+        assert sweep.poll() is None, sweep.stdout.read()[-3000:]
+        assert len(ckpts) >= 2, f"no two trials checkpointed in 300 s: {ckpts}"
+        victim = engine.containers.get(f"{name}-worker-1")
+        lost_at = time.time()
+        if how == "kill":
+            victim.kill()
+        else:
+            victim.stop(timeout=30)
+        out, _ = sweep.communicate(timeout=900)
+        wall_after = time.time() - lost_at
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, out[-4000:]
+    df = pd.read_parquet(folder / "trials.parquet")
+    last = df.sort_values("epoch").groupby("trial_index").tail(1)
+    assert len(last) == 4 and (last["status"] == "COMPLETED").all(), last[["status", "error"]]
+    assert (last["epoch"] == 40).all()
+    lost = last[last["retries"] >= 1]
+    assert len(lost) >= 1, "no trial was restarted"
+    # It went on from its checkpoint, not from the start, on the node that was left.
+    assert (lost["resumed_from_epoch"] >= 3).all(), lost[["resumed_from_epoch", "retries"]]
+    assert set(last["env_host"]) >= {f"{name}-worker-0"}
+    print(f"{how}: {len(lost)} trial(s) restarted from epochs "
+          f"{lost['resumed_from_epoch'].tolist()}; {wall_after:.0f} s from loss to the end")

@@ -22,18 +22,18 @@ def _needs(name: str):
     if name == "gpu_speed" and not FASHION.is_dir():
         pytest.skip(f"gpu_speed's stock side reads Fashion-MNIST's IDX files: none in {FASHION} "
                     "(apt-get install dataset-fashion-mnist)")
-    if name == "container_overhead":
+    if name in ("container_overhead", "preemption"):
         docker = pytest.importorskip("docker")
         try:
             docker.from_env().images.get("raytune-ctr:latest")
         except Exception as err:
-            pytest.skip(f"container_overhead needs a Docker engine and the image: "
-                        f"{type(err).__name__}")
+            pytest.skip(f"{name} needs a Docker engine and the image: {type(err).__name__}")
 
 
 @pytest.mark.ray
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.docker)
-                                  if n == "container_overhead" else n for n in SCRIPTS])
+                                  if n in ("container_overhead", "preemption") else n
+                                  for n in SCRIPTS])
 def test_benchmark_smoke(name, tmp_path):
     _needs(name)
     out = tmp_path / "out.json"

@@ -299,3 +299,75 @@ def test_a_lost_worker_node_costs_only_its_unfinished_epochs(cluster_2cpu, engin
     assert set(last["env_host"]) >= {f"{name}-worker-0"}
     print(f"{how}: {len(lost)} trial(s) restarted from epochs "
           f"{lost['resumed_from_epoch'].tolist()}; {wall_after:.0f} s from loss to the end")
+
+
+HEAD_LOSS = {
+    "name": "headloss", "data": {"dataset": "digits"},
+    "train": {"model": "mnist_cnn", "epochs": 30, "optimizer": "adadelta", "batch_size": 32},
+    "resources": {"cpus_per_trial": 2},
+    "search": {"method": "optuna", "num_samples": 5, "objectives": {"test_acc": "max"},
+               "space": {"lr": {"loguniform": [0.3, 2.0]}, "num_workers": {"choice": [1, 2]}}}}
+
+
+@pytest.mark.docker
+def test_a_lost_head_comes_back_with_ray_up_and_resume(cluster_2cpu, engine):
+    """The head container killed mid-sweep, the driver and the GCS with it. The results
+    live on storage outside it (provider.data_dir). After `ray up` makes a new head,
+    which the workers rejoin, `--resume` goes on: finished trials are kept, unfinished
+    ones restart from their checkpoints, the Optuna study goes on to its num_samples."""
+    path, name, data = cluster_2cpu
+    up = ray_cli("up", "-y", "--no-config-cache", path)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    data.mkdir(exist_ok=True)
+    (data / "headloss.yaml").write_text(yaml.safe_dump(HEAD_LOSS))
+    folder = data / "results" / "headloss"
+    sweep = subprocess.Popen(
+        [RAY, "exec", "--no-config-cache", str(path),
+         "python experiments/sweep.py --config /data/headloss.yaml --address auto "
+         "--storage-path /data/results --name headloss"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.time() + 600
+        before = pd.DataFrame()
+        while time.time() < deadline and sweep.poll() is None:
+            # a trial finished (in the table), and two others a few epochs in
+            if (folder / "trials.parquet").is_file():
+                before = pd.read_parquet(folder / "trials.parquet")
+                running = {k: v for k, v in _checkpoints(folder).items()
+                           if k.removeprefix("trial_") not in set(before["trial_id"])}
+                if len(before) and len(running) >= 2 and min(running.values()) >= 3:
+                    break
+            time.sleep(0.5)
+        assert sweep.poll() is None and len(before), "no trial finished before the head loss"
+        time.sleep(12)  # Tune saves its record every 10 s or more: one is saved since
+        engine.containers.get(f"{name}-head").kill()
+        sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    up = ray_cli("up", "-y", "--no-config-cache", path)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    # The workers rejoin the new head by themselves, within seconds.
+    (data / "nodes.py").write_text(NODES)
+    nodes = ray_cli("submit", "--no-config-cache", path, data / "nodes.py")
+    assert nodes.returncode == 0 and len(json.loads(
+        nodes.stdout.split("NODES=", 1)[1].splitlines()[0])) == 3, nodes.stdout[-3000:]
+    resume = ray_cli("exec", "--no-config-cache", path,
+                     "python experiments/sweep.py --address auto --storage-path /data/results "
+                     "--resume headloss")
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+    df = pd.read_parquet(folder / "trials.parquet")
+    last = df.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")
+    assert (last["status"] == "COMPLETED").all(), last[["status", "error"]]
+    assert (last["epoch"] == 30).all()
+    finished = set(before[before["epoch"] == 30]["trial_id"])
+    assert finished and finished <= set(last.index)  # kept, not run again
+    assert (last.loc[sorted(finished), "resumed_from_epoch"] == 0).all()
+    assert (last["resumed_from_epoch"] >= 3).sum() >= 2  # unfinished ones went on
+    import optuna
+
+    study = optuna.load_study(study_name="headloss",
+                              storage=f"sqlite:///{folder / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 5

@@ -219,6 +219,10 @@ class DockerNodeProvider(NodeProvider):
     def _run(self, name: str, tags: dict, docker_args: dict, entrypoint: list[str],
              volumes: dict, environment: dict | None = None):
         env = dict(docker_args.pop("environment", {}) or {}) | (environment or {})
+        with self._lock:  # a container replaced under its name starts from its own tags
+            saved = self._load_tags()
+            if saved.pop(name, None) is not None:
+                self._save_tags(saved)
         return self.client.containers.run(
             self.image, entrypoint=entrypoint, command=[], name=name, hostname=name,
             detach=True, network=self.network, volumes=volumes, environment=env,

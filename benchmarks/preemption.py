@@ -33,7 +33,7 @@ from _common import SMOKE, emit
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 sys.path.insert(0, str(ROOT / "tests"))
-from test_docker_cluster import LOSS, _checkpoints  # noqa: E402 - the test's own sweep
+from test_docker_cluster import LOSS, _checkpoints, _sweep_in_background  # noqa: E402
 
 
 def ray_cli(*args, timeout=900) -> subprocess.CompletedProcess:
@@ -50,27 +50,27 @@ def run(path: Path, name: str, data: Path, run_name: str, lose: str | None,
     spec = LOSS | {"name": run_name, "train": LOSS["train"] | {"epochs": epochs}}
     (data / f"{run_name}.yaml").write_text(yaml.safe_dump(spec))
     t0 = time.time()
-    sweep = subprocess.Popen(
-        [RAY, "exec", "--no-config-cache", str(path),
-         f"python experiments/sweep.py --config /data/{run_name}.yaml --address auto "
-         f"--storage-path /data/results --name {run_name}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=os.environ | {"PYTHONPATH": str(ROOT)})
+    log = data / f"{run_name}.log"
+    sweep = _sweep_in_background(
+        path, f"python experiments/sweep.py --config /data/{run_name}.yaml --address auto "
+        f"--storage-path /data/results --name {run_name}", log)
     lost_at = None
     if lose:
-        folder = data / "results" / run_name
-        while sweep.poll() is None:
+        folder, deadline, ready = data / "results" / run_name, time.time() + 600, False
+        while not ready and sweep.poll() is None and time.time() < deadline:
             ckpts = _checkpoints(folder)
-            if len(ckpts) >= 2 and min(ckpts.values()) >= 3:
-                break
+            ready = len(ckpts) >= 2 and min(ckpts.values()) >= 3
             time.sleep(0.5)
+        if not ready or sweep.poll() is not None:
+            raise SystemExit(f"{run_name}: both nodes never had a trial 3 epochs in; no loss "
+                             f"measured: {log.read_text()[-2000:]}")
         lost_at = time.time() - t0
         victim = engine.containers.get(f"{name}-worker-1")
         victim.kill() if lose == "kill" else victim.stop(timeout=30)
-    out, _ = sweep.communicate(timeout=1800)
+    sweep.wait(timeout=1800)
     wall = time.time() - t0
     if sweep.returncode:
-        raise SystemExit(f"{run_name} exited {sweep.returncode}: {out[-3000:]}")
+        raise SystemExit(f"{run_name} exited {sweep.returncode}: {log.read_text()[-3000:]}")
     df = pd.read_parquet(data / "results" / run_name / "trials.parquet")
     last = df.sort_values("epoch").groupby("trial_index").tail(1)
     lost = last[last["retries"] >= 1]

@@ -10,9 +10,9 @@ The cluster has a fixed size. The Docker socket is not mounted into any containe
 autoscaler against this provider. Instead `ray up` creates the head container, and
 with it each worker type's `min_workers` containers; each worker runs the YAML's
 setup and start commands itself, joins the head when its GCS answers, and rejoins
-after a head restart. A later `ray up` starts again any worker container that died
-(killed, or a preempted node). `ray down` removes every container, running or
-exited, then the network.
+after a head restart. A later `ray up` (`--no-restart` while a sweep runs) starts
+again any worker container that died (killed, or a preempted node). `ray down`
+removes every container, running or exited, then the network.
 Results go to a host folder bind-mounted at /data in every container, so all nodes
 share one storage path and `ray down` loses nothing.
 
@@ -219,15 +219,16 @@ class DockerNodeProvider(NodeProvider):
     def _run(self, name: str, tags: dict, docker_args: dict, entrypoint: list[str],
              volumes: dict, environment: dict | None = None):
         env = dict(docker_args.pop("environment", {}) or {}) | (environment or {})
-        with self._lock:  # a container replaced under its name starts from its own tags
-            saved = self._load_tags()
-            if saved.pop(name, None) is not None:
-                self._save_tags(saved)
-        return self.client.containers.run(
+        container = self.client.containers.run(
             self.image, entrypoint=entrypoint, command=[], name=name, hostname=name,
             detach=True, network=self.network, volumes=volumes, environment=env,
             labels={LABEL: self.cluster_name, f"{LABEL}.tags": json.dumps(tags)},
             init=True, **docker_args)
+        with self._lock:  # a container replaced under its name starts from its own tags
+            saved = self._load_tags()
+            if saved.pop(name, None) is not None:
+                self._save_tags(saved)
+        return container
 
     def create_node(self, node_config: dict, tags: dict, count: int) -> dict:
         if tags.get(TAG_RAY_NODE_KIND) != NODE_KIND_HEAD:
@@ -240,7 +241,9 @@ class DockerNodeProvider(NodeProvider):
                             "with images/Dockerfile", self.image) from None
         self._ensure_network()
         head = f"{self.cluster_name}-head"
-        self._running(head)  # a head that died: its exited container goes
+        if self._running(head):  # a head that died: its exited container goes
+            raise RuntimeError(f"container {head} runs already; is another `ray up` of "
+                               "this cluster running?")
         created = {head: self._run(head, tags, _docker_args(node_config, "head node_config"),
                                    ["sleep", "infinity"], self._mounts())}
         return created | self.ensure_workers()
@@ -250,6 +253,9 @@ class DockerNodeProvider(NodeProvider):
         `ray up` can start its replacement under the same name."""
         c = self._get(name)
         if c is not None and c.status != "running":
+            tail = c.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
+            log.warning("container %s %s (exit code %s), started again; its last lines: %s",
+                        name, c.status, c.attrs.get("State", {}).get("ExitCode"), tail)
             c.remove(force=True, v=True)
             return False
         return c is not None
@@ -289,6 +295,20 @@ class DockerNodeProvider(NodeProvider):
             for dead in self._containers(all_states=True):
                 dead.remove(force=True, v=True)
             self._cleanup()
+
+    def nodes_for_teardown(self, tag_filters: dict) -> list[str]:
+        """`ray down`'s list: every container of the cluster, exited ones too (a node
+        that died, or all of them after a host reboot)."""
+        with self._lock:
+            saved = self._load_tags()
+        return [c.name for c in self._containers(all_states=True)
+                if all(self._tags(c, saved).get(k) == v for k, v in tag_filters.items())]
+
+    def cleanup_cluster_resources(self) -> None:
+        """After `ray down`: the network, and any container left."""
+        for c in self._containers(all_states=True):
+            c.remove(force=True, v=True)
+        self._cleanup()
 
     def _cleanup(self) -> None:
         for net in self.client.networks.list(names=[self.network]):

@@ -33,7 +33,12 @@ from _common import SMOKE, emit
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 sys.path.insert(0, str(ROOT / "tests"))
-from test_docker_cluster import LOSS, _checkpoints, _sweep_in_background  # noqa: E402
+from test_docker_cluster import (  # noqa: E402 - the test's own cluster and sweep
+    LOSS,
+    _checkpoints,
+    _cluster_yaml,
+    _sweep_in_background,
+)
 
 
 def ray_cli(*args, timeout=900) -> subprocess.CompletedProcess:
@@ -89,14 +94,8 @@ def main() -> None:
     epochs = 6 if args.smoke else LOSS["train"]["epochs"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        cfg = yaml.safe_load((ROOT / "cluster" / "docker.yaml").read_text())
         name = f"rtc-bench-{os.getpid()}"
-        cfg["cluster_name"] = name
-        cfg["provider"] |= {"network": f"{name}-net", "data_dir": str(tmp_path / "data"),
-                            "state_dir": str(tmp_path / "state")}
-        cfg["available_node_types"]["worker"]["node_config"]["cpus"] = 2.0
-        path = tmp_path / "docker.yaml"
-        path.write_text(yaml.safe_dump(cfg))
+        path = _cluster_yaml(tmp_path, name, worker_cpus=2.0)
         data = tmp_path / "data"
         try:
             ray_cli("up", "-y", "--no-config-cache", path)

@@ -57,15 +57,23 @@ def engine():
     return client
 
 
-@pytest.fixture
-def cluster(engine, tmp_path):
+def _cluster_yaml(tmp_path: Path, name: str, worker_cpus: float | None = None) -> Path:
+    """cluster/docker.yaml under its own name, network and folders (and worker CPUs)."""
     cfg = yaml.safe_load((ROOT / "cluster" / "docker.yaml").read_text())
-    name = f"rtc-test-{os.getpid()}"
     cfg["cluster_name"] = name
     cfg["provider"] |= {"image": IMAGE, "network": f"{name}-net",
                         "data_dir": str(tmp_path / "data"), "state_dir": str(tmp_path / "state")}
+    if worker_cpus is not None:
+        cfg["available_node_types"]["worker"]["node_config"]["cpus"] = worker_cpus
     path = tmp_path / "docker.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def cluster(engine, tmp_path):
+    name = f"rtc-test-{os.getpid()}"
+    path = _cluster_yaml(tmp_path, name)
     yield path, name, tmp_path / "data"
     ray_cli("down", "-y", path)  # also after a failure
 
@@ -226,14 +234,8 @@ LOSS = {  # 2-worker DDP trials first, so each worker node holds a pool when one
 @pytest.fixture
 def cluster_2cpu(engine, tmp_path):
     """Worker containers of 2 CPUs each: one trial of 2 Train workers fits a node."""
-    cfg = yaml.safe_load((ROOT / "cluster" / "docker.yaml").read_text())
     name = f"rtc-loss-{os.getpid()}"
-    cfg["cluster_name"] = name
-    cfg["provider"] |= {"image": IMAGE, "network": f"{name}-net",
-                        "data_dir": str(tmp_path / "data"), "state_dir": str(tmp_path / "state")}
-    cfg["available_node_types"]["worker"]["node_config"]["cpus"] = 2.0
-    path = tmp_path / "docker.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _cluster_yaml(tmp_path, name, worker_cpus=2.0)
     yield path, name, tmp_path / "data"
     ray_cli("down", "-y", path)
 

@@ -187,9 +187,11 @@ def _hardware_figure(last: pd.DataFrame):
 
 
 def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: list[str],
-          target_line: str, tl: tuple, answer_lines: list[str] | None = None) -> Path:
+          target_line: str, tl: tuple, answer_lines: list[str] | None = None,
+          knobs: pd.DataFrame | None = None) -> Path:
     """Write report.html into the results folder; return its path. `tl`: `timeline(df)`;
-    `answer_lines`: what follows the answer (target mode: runners-up, confidence)."""
+    `answer_lines`: what follows the answer (target mode: runners-up, confidence);
+    `knobs`: `effects.effects(df, spec)`, for the importances."""
     import optuna
     import plotly.express as px
     from plotly.offline import get_plotlyjs
@@ -206,13 +208,13 @@ def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: 
         figures.append(("parallel", "Knobs against objectives",
                         optuna.visualization.plot_parallel_coordinate(
                             s, target=lambda t: t.values[0], target_name=first), ""))
-        try:
-            figures.append(("importances", "Importances", optuna.visualization
-                            .plot_param_importances(
-                                s, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)),
-                            f"{effects.EVALUATOR}, Optuna's default evaluator."))
-        except (RuntimeError, ValueError, ZeroDivisionError):
-            pass  # too few trials or no spread: the knob sentences say so
+        if knobs is not None and knobs["importance"].notna().any():
+            # The report's own fANOVA (knobs.csv): Optuna's plot would fit its forests again.
+            figures.append(("importances", "Importances", px.bar(
+                knobs.dropna(subset=["importance"]), x="importance", y="knob",
+                color="objective", barmode="group", orientation="h"),
+                f"{effects.EVALUATOR}, Optuna's default evaluator: each objective's "
+                "importances sum to 1."))
         figures.append(("edf", "Empirical distribution of the first objective",
                         optuna.visualization.plot_edf(s, target=lambda t: t.values[0],
                                                       target_name=first), ""))

@@ -475,18 +475,42 @@ def record_optuna_study(df: pd.DataFrame, spec: Spec, results: Results) -> None:
     study = optuna.create_study(storage=results.optuna_url, study_name=results.name,
                                 directions=["maximize" if m == "max" else "minimize"
                                             for m in objectives.values()])
-    dists: dict[str, optuna.distributions.BaseDistribution] = {
-        k: optuna.distributions.CategoricalDistribution(
-            sorted(df[k].dropna().unique().tolist(), key=str)) for k in keys}
+    dists = {k: _distribution(df[k]) for k in keys}
     for _, rows in df.groupby("trial_index", sort=True):
         last = rows.sort_values("epoch").iloc[-1]
-        params = {k: last[k].item() if hasattr(last[k], "item") else last[k] for k in keys}
+        params = {k: _param(last[k], dists[k]) for k in keys}
         values = [float(last[m]) for m in objectives]
         ok = last["status"] != "FAILED" and all(v == v for v in values)  # not NaN
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists, values=values if ok else None,
             state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
             user_attrs={"status": str(last["status"]), "error": str(last["error"])}))
+
+
+def _distribution(values: pd.Series):
+    """A knob's distribution in the record: a numeric knob of more than 4 values is a
+    range (a list of every value seen would be stored with each trial, and compared
+    with each trial's: quadratic in the trials); anything else its values."""
+    import optuna
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    v = values.dropna()
+    if is_numeric_dtype(v) and not is_bool_dtype(v) and v.nunique() > 4:
+        lo, hi = v.min().item(), v.max().item()
+        log = lo > 0 and hi / lo > 20
+        if (v == v.round()).all():
+            return optuna.distributions.IntDistribution(int(lo), int(hi), log=log)
+        return optuna.distributions.FloatDistribution(lo, hi, log=log)
+    return optuna.distributions.CategoricalDistribution(sorted(v.unique().tolist(), key=str))
+
+
+def _param(value, dist):
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(dist, IntDistribution):
+        return int(value)
+    return float(value) if isinstance(dist, FloatDistribution) else value
 
 
 def close_orphans(results: Results) -> None:

@@ -103,3 +103,30 @@ def test_a_uri_storage_path_keeps_a_local_copy_and_never_overwrites(tmp_path, mo
     local = Results.new(str(tmp_path / "runs"), "s1")
     assert (local.local, local.remote, local.tune_storage) == (tmp_path / "runs" / "s1", None,
                                                                str(tmp_path / "runs"))
+
+
+def test_the_optuna_record_of_a_random_sweep_keeps_a_continuous_knob_as_a_range(tmp_path):
+    """Each trial's record stores its distributions: a list of every learning rate
+    seen would grow with the trials, and so would each trial's write."""
+    import optuna
+
+    spec = checks.from_dict({"name": "rec", "search": {
+        "method": "random", "num_samples": 8, "objectives": {"test_acc": "max"},
+        "space": {"lr": {"loguniform": [0.001, 1.0]}, "batch_size": {"choice": [32, 64]}}}})
+    lrs = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0]
+    df = pd.DataFrame({"trial_index": range(8), "epoch": 1, "lr": lrs,
+                       "batch_size": [32, 64] * 4, "test_acc": [50.0 + i for i in range(8)],
+                       "status": ["COMPLETED"] * 7 + ["FAILED"], "error": [""] * 7 + ["boom"]})
+    where = Results(str(tmp_path), "rec")
+    where.local.mkdir(parents=True)
+    results.record_optuna_study(df, spec, where)
+    study = optuna.load_study(study_name="rec", storage=where.optuna_url)
+    ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(ok) == 7 and study.trials[-1].state == optuna.trial.TrialState.FAIL
+    lr = ok[0].distributions["lr"]
+    assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
+    assert (lr.low, lr.high) == (0.001, 1.0)
+    assert [t.params["lr"] for t in ok] == lrs[:7] and ok[1].params["batch_size"] == 64
+    assert isinstance(ok[0].distributions["batch_size"],
+                      optuna.distributions.CategoricalDistribution)
+    assert study.trials[-1].user_attrs == {"status": "FAILED", "error": "boom"}

@@ -68,9 +68,9 @@ def run(spec: Spec, where: Results, *, address: str | None = None,
     log.info("data: %s; running up to %d trials at once", source, concurrency)
     where.create(spec)
     with tuner.Stop() as stop, _storage_errors(where):
-        grid = tuner.run(spec, where, concurrency=concurrency, own_cluster=own, stop=stop,
-                         verbose=verbose)
-        return _finish(grid, spec, where, stop.signum, started)
+        return tuner.run(spec, where, concurrency=concurrency, own_cluster=own, stop=stop,
+                         verbose=verbose,
+                         then=lambda grid: _finish(grid, spec, where, stop.signum, started))
 
 
 def resume(where: Results, *, address: str | None = None, verbose: bool = False,

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
@@ -98,12 +99,14 @@ class Aborted(KeyboardInterrupt):
 
 
 def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
-        stop: Stop | None = None, verbose: bool = False):
-    """Run every trial of `spec` on the connected Ray cluster; return Tune's ResultGrid.
+        stop: Stop | None = None, verbose: bool = False, then: Callable | None = None):
+    """Run every trial of `spec` on the connected Ray cluster; return Tune's ResultGrid,
+    or `then(grid)`.
 
     Tune and the trials write to `where` (a URI such as gs://bucket/prefix/<name>,
     which every node can reach, or the local folder). `own_cluster`: this process
-    started the Ray it uses.
+    started the Ray it uses. `then` (the tables and the report) runs while the pools
+    stop: Train's teardown of their workers takes seconds, mostly waiting.
     """
     from ray import tune
 
@@ -112,6 +115,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
     trace.mark("sweep_start")
     _quiet(verbose)
     coordinator, gated = _start_coordinator(spec, where, concurrency)
+    stopping = None  # the coordinator's shutdown, once asked for
     live = concurrency if gated else _live_trials(spec, concurrency)
     param_space, search_alg, num_samples = _search(spec, where, live)
     trace.mark("coordinator_started")
@@ -132,11 +136,12 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
         with stop.tuning() if stop else contextlib.nullcontext():
             grid = tuner.fit()
         trace.mark("tuner_done")
+        stopping = coordinator.shutdown.remote(wait_starting=not own_cluster)
+        return then(grid) if then else grid
     finally:
-        _stop_coordinator(coordinator, own_cluster)
+        _stop_coordinator(coordinator, own_cluster, stopping)
         script.kill_containers(spec)
-    trace.mark("coordinator_stopped")
-    return grid
+        trace.mark("coordinator_stopped")
 
 
 def _quiet(verbose: bool) -> None:
@@ -394,14 +399,16 @@ def _start_coordinator(spec: Spec, where: Results, concurrency: int):
     return coordinator, gated
 
 
-def _stop_coordinator(coordinator, own_cluster: bool) -> None:
+def _stop_coordinator(coordinator, own_cluster: bool, stopping=None) -> None:
     """Stop the pools (Train tears their workers down), then the coordinator. On a
     cluster of its own a pool still starting is not waited for: that Ray ends with
-    this process."""
+    this process. `stopping`: the shutdown already asked for, to wait on."""
     import ray
 
+    if stopping is None:
+        stopping = coordinator.shutdown.remote(wait_starting=not own_cluster)
     try:
-        ray.get(coordinator.shutdown.remote(wait_starting=not own_cluster), timeout=180)
+        ray.get(stopping, timeout=180)
     except ray.exceptions.GetTimeoutError:  # an OSError, but not the results' disk
         log.warning("the coordinator did not stop its pools in 180 s; killing it")
     finally:

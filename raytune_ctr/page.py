@@ -208,13 +208,13 @@ def write(run_dir: Path, df: pd.DataFrame, spec: Spec, answer: str, knob_lines: 
         figures.append(("parallel", "Knobs against objectives",
                         optuna.visualization.plot_parallel_coordinate(
                             s, target=lambda t: t.values[0], target_name=first), ""))
-        if knobs is not None and knobs["importance"].notna().any():
+        if knobs is not None and "importance" in knobs and knobs["importance"].notna().any():
             # The report's own fANOVA (knobs.csv): Optuna's plot would fit its forests again.
             figures.append(("importances", "Importances", px.bar(
                 knobs.dropna(subset=["importance"]), x="importance", y="knob",
                 color="objective", barmode="group", orientation="h"),
-                f"{effects.EVALUATOR}, Optuna's default evaluator: each objective's "
-                "importances sum to 1."))
+                f"{effects.EVALUATOR}, Optuna's default evaluator: each knob's share of "
+                "the objective's variance among the knobs that vary."))
         figures.append(("edf", "Empirical distribution of the first objective",
                         optuna.visualization.plot_edf(s, target=lambda t: t.values[0],
                                                       target_name=first), ""))

@@ -91,6 +91,20 @@ def test_build_writes_report_and_plots(tmp_path):
         assert (run / p).stat().st_size > 1000
 
 
+def test_report_builds_when_no_knob_varies_among_the_finished_trials(tmp_path):
+    """Two seeds of one config finished, the other config FAILED: no importances to
+    draw, and the page says nothing of them rather than failing."""
+    run, _ = fake_results(tmp_path, S1)
+    df = pd.read_parquet(run / "trials.parquet")
+    df = df[df["trial_index"].isin([1, 4])]
+    again = df[df["trial_index"] == 1].assign(trial_index=5, trial_id="t5", seed=2)
+    pd.concat([df, again]).to_parquet(run / "trials.parquet")
+    writeup.build(run)
+    page = (run / "report.html").read_text()
+    assert 'id="parallel"' in page and 'id="importances"' not in page
+    assert "1 FAILED" in (run / "report.md").read_text()
+
+
 def test_report_on_a_non_results_folder_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no spec.yaml"):
         writeup.build(tmp_path)

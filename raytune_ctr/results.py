@@ -492,22 +492,26 @@ def _distribution(values: pd.Series):
     range (a list of every value seen would be stored with each trial, and compared
     with each trial's: quadratic in the trials); anything else its values."""
     import optuna
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
 
     v = values.dropna()
-    if is_numeric_dtype(v) and not is_bool_dtype(v) and v.nunique() > 4:
+    unset = len(v) < len(values)  # an optional knob searched with null among its values
+    if is_numeric_dtype(v) and not is_bool_dtype(v) and v.nunique() > 4 and not unset:
         lo, hi = v.min().item(), v.max().item()
         log = lo > 0 and hi / lo > 20
-        if (v == v.round()).all():
-            return optuna.distributions.IntDistribution(int(lo), int(hi), log=log)
+        if is_integer_dtype(v):
+            return optuna.distributions.IntDistribution(lo, hi, log=log)
         return optuna.distributions.FloatDistribution(lo, hi, log=log)
-    return optuna.distributions.CategoricalDistribution(sorted(v.unique().tolist(), key=str))
+    return optuna.distributions.CategoricalDistribution(
+        sorted(v.unique().tolist(), key=str) + ([None] if unset else []))
 
 
 def _param(value, dist):
     from optuna.distributions import FloatDistribution, IntDistribution
 
     value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and value != value:  # NaN: the knob's null
+        return None
     if isinstance(dist, IntDistribution):
         return int(value)
     return float(value) if isinstance(dist, FloatDistribution) else value

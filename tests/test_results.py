@@ -130,3 +130,21 @@ def test_the_optuna_record_of_a_random_sweep_keeps_a_continuous_knob_as_a_range(
     assert isinstance(ok[0].distributions["batch_size"],
                       optuna.distributions.CategoricalDistribution)
     assert study.trials[-1].user_attrs == {"status": "FAILED", "error": "boom"}
+
+
+def test_the_optuna_record_keeps_an_optional_knob_searched_with_null(tmp_path):
+    """`threads_per_worker: [null, 1, 2, ...]`: the null rows are NaN in the table."""
+    import optuna
+
+    threads = [None, 1, 2, 3, 4, 6]
+    spec = checks.from_dict({"name": "opt", "search": {
+        "grid": {"threads_per_worker": threads}, "objectives": {"test_acc": "max"}}})
+    df = pd.DataFrame({"trial_index": range(6), "epoch": 1,
+                       "threads_per_worker": [float("nan"), 1.0, 2.0, 3.0, 4.0, 6.0],
+                       "test_acc": [60.0 + i for i in range(6)],
+                       "status": "COMPLETED", "error": ""})
+    where = Results(str(tmp_path), "opt")
+    where.local.mkdir(parents=True)
+    results.record_optuna_study(df, spec, where)
+    study = optuna.load_study(study_name="opt", storage=where.optuna_url)
+    assert [t.params["threads_per_worker"] for t in study.trials] == threads

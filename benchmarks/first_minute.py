@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Driver phases in the order a sweep passes them; each row is the time to reach it.
 PHASES = ["command_start", "data_ready", "ray_up", "sweep_start", "coordinator_started",
           "flops_counted", "tuner_fit", "first_trial_start", "tuner_done",
-          "coordinator_stopped", "tables_written", "report_written", "command_exit"]
+          "tables_written", "report_written", "coordinator_stopped", "command_exit"]
 
 
 def once(config: str | None, cold: bool, smoke: bool = False) -> dict:

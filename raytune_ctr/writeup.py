@@ -335,12 +335,13 @@ def plot(df: pd.DataFrame, spec: Spec, run_dir: Path, tl: tuple) -> None:
     if len(per) > EPOCH_BARS:  # a bar per config of a 1,000-trial sweep is 42,000 px tall
         title = f"time per epoch: the {EPOCH_BARS} fastest of {len(per)} configs"
         per = per.nsmallest(EPOCH_BARS, "mean")
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * len(per) + 1)), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * len(per) + 1)))
     if not per.empty:
         ax.barh(per.index, per["mean"], xerr=per["std"].fillna(0), color="tab:green")
     ax.set(xlabel="seconds per epoch", title=title)
     ax.tick_params(axis="y", labelsize=7)
-    fig.savefig(run_dir / "epoch_time.png", dpi=120)
+    # A config's label names every knob: the canvas grows to it (the axes would shrink).
+    fig.savefig(run_dir / "epoch_time.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     seg, slots, wall, _ = tl

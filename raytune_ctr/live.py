@@ -21,6 +21,7 @@ from rich.live import Live as RichLive
 from rich.table import Column, Table
 from rich.text import Text
 
+from raytune_ctr import packing
 from raytune_ctr.spec import Spec
 
 _ACTIVE = ("running", "pending", "paused")
@@ -61,7 +62,7 @@ def rows(spec: Spec, trials, last_results: dict[str, dict],
     finished: list[Row] = []
     for i, t in enumerate(trials):
         # A resumed sweep's earlier results are on the restored trials only.
-        r = last_results.get(t.trial_id) or getattr(t, "last_result", None) or {}
+        r = last_results.get(t.trial_id) or packing.unpack(getattr(t, "last_result", None) or {})
         config = dict(t.config)
         status = (ended or {}).get(t.trial_id, t.status)
         row = Row(i, _STATUS.get(status, status.lower()),
@@ -114,7 +115,9 @@ class Live(Callback):
             self._t0 = _now()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._last[trial.trial_id], self._changed = dict(result), True
+        r = packing.unpack(result)  # kept for every trial: what `rows` shows, only
+        shown = ("epoch", "epoch_time_s", *self.spec.search.objectives)
+        self._last[trial.trial_id], self._changed = {k: r[k] for k in shown if k in r}, True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended[trial.trial_id], self._changed = "TERMINATED", True

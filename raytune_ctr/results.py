@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from pyarrow import fs
 
-from raytune_ctr import storage
+from raytune_ctr import packing, storage
 from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.metrics import FACTS, METRICS
 
@@ -427,7 +427,8 @@ def table(results: list, statuses: list, spec: Spec, live: bool = False) -> pd.D
         base["hidden"] = "-".join(map(str, train.hidden))
         base["cpus_per_worker"], base["threads_per_worker"] = res.worker_cpus, res.threads
         mdf = r.metrics_dataframe
-        reported = [] if mdf is None or "epoch" not in mdf else mdf.to_dict("records")
+        reported = [] if mdf is None or "epoch" not in mdf else \
+            [packing.unpack(e) for e in mdf.to_dict("records")]
         # Later wins: Tune's rows (they carry `retries`) over saved ones, and the last
         # report of an epoch a restarted run repeated.
         seen = sorted({e["epoch"] for e in reported if pd.notna(e.get("epoch"))})

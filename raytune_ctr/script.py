@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from raytune_ctr import fingerprint, output, reporter, results, trace
+from raytune_ctr import fingerprint, output, packing, reporter, results, trace
 from raytune_ctr.spec import ResourceSpec, Spec, TrainSpec, all_trials, trial_fields, values
 
 LABEL = "raytune-ctr.sweep"  # on every trial container: the sweep's end removes any left
@@ -233,12 +233,13 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
     metrics |= {"ended_at": time.time()} | extra
     trace.mark("epoch_read")
     if folder is None:
-        tune.report(metrics)
+        tune.report(packing.pack(metrics, packing.tune_keys(spec)))
         return
     Path(folder, reporter.META).write_text(json.dumps(
         {"epoch": metrics["epoch"], "train_time_s": train_s, "wall_time_s": wall_s}))
     try:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report(packing.pack(metrics, packing.tune_keys(spec)),
+                    checkpoint=tune.Checkpoint.from_directory(folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

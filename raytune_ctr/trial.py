@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ray
 
-from raytune_ctr import results, script, trace
+from raytune_ctr import packing, results, script, trace
 from raytune_ctr.gate import BEAT_S
 from raytune_ctr.pool import POOL_START_S, PoolKey
 from raytune_ctr.spec import Spec, hour_usd
@@ -55,7 +55,7 @@ def run_trial(config: dict, spec: Spec, coordinator, flops: dict[str, float],
         job = {"id": f"{trial_id}-{uuid.uuid4().hex[:8]}", "trial_id": trial_id,
                "data": spec.data, "train": train, "resources": res,
                "objectives": list(spec.search.objectives), "state": state, "flops": flops,
-               "hour_usd": price, "extra": extra}
+               "hour_usd": price, "extra": extra, "tune_keys": packing.tune_keys(spec)}
         with _cpus(coordinator, trial_id, res.num_workers * res.worker_cpus) if gated \
                 else contextlib.nullcontext():
             if res.num_workers == 1:
@@ -118,7 +118,7 @@ def _train_here(job: dict, extra: dict, coordinator) -> None:
     def report(metrics: dict, state: dict | None) -> None:
         files = train_lib.state_files(state) if state is not None else None
         trace.mark("state_serialized")
-        _report(metrics | extra, files)
+        _report(packing.pack(metrics | extra, job["tune_keys"]), files)
 
     ctx = train_lib.Context(device=device, report=report, load=data.load_cached,
                             flops=job["flops"])
@@ -151,7 +151,8 @@ def _relay(job: dict, extra: dict, coordinator) -> None:
                 continue
             if event[0] == "epoch":
                 trace.mark("event_received")
-                _report(event[1] | extra, event[2] or None)  # SystemExit here: Tune stopped us
+                # SystemExit here: Tune stopped us.
+                _report(packing.pack(event[1] | extra, job["tune_keys"]), event[2] or None)
                 coordinator.answer.remote(job["id"], event[1]["epoch"])
                 continue
             over = True

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from raytune_ctr import checkpoints, gate, plan, pool, results, script, train, trial
+from raytune_ctr import checkpoints, gate, packing, plan, pool, results, script, train, trial
 from raytune_ctr import spec as spec_lib
 from raytune_ctr.errors import SpecError, StorageError, one_line
 from raytune_ctr.live import Live
@@ -506,7 +506,7 @@ class _Tables(Callback):
             self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._reported[trial.trial_id].append(dict(result))
+        self._reported[trial.trial_id].append(packing.unpack(result))
 
     # Tune calls on_trial_complete before it sets the trial's status.
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -113,11 +113,18 @@ class Live(Callback):
     def on_step_begin(self, iteration, trials, **info):
         if self._t0 is None:
             self._t0 = _now()
+            # A resumed sweep's earlier results, unpacked once, not at each redraw.
+            for t in trials:
+                if getattr(t, "last_result", None) and t.trial_id not in self._last:
+                    self._last[t.trial_id] = self._kept(t.last_result)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        r = packing.unpack(result)  # kept for every trial: what `rows` shows, only
-        shown = ("epoch", "epoch_time_s", *self.spec.search.objectives)
-        self._last[trial.trial_id], self._changed = {k: r[k] for k in shown if k in r}, True
+        self._last[trial.trial_id], self._changed = self._kept(result), True
+
+    def _kept(self, result: dict) -> dict:
+        """What `rows` shows of a result: kept for every trial, so only that."""
+        r = packing.unpack(result)
+        return {k: r[k] for k in ("epoch", "epoch_time_s", *self.spec.search.objectives) if k in r}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended[trial.trial_id], self._changed = "TERMINATED", True

@@ -48,11 +48,15 @@ def unpack(result: Mapping[str, Any]) -> dict:
     out = dict(result)
     packed = out.pop(PACKED, None)
     if isinstance(packed, str):
-        out = json.loads(packed) | out
+        # Packed values win: in Tune's record of a sweep resumed across this change,
+        # a row's columns from older rows hold NaN. No key is in both otherwise.
+        out |= json.loads(packed)
     return out
 
 
 def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):  # a numpy or torch scalar
-        return value.item()
+    try:
+        return value.item()  # a numpy or torch scalar
+    except (AttributeError, ValueError, RuntimeError):  # not one, or more than one value
+        pass
     raise TypeError(f"a reported metric must be a number, text or bool, not {type(value).__name__}")

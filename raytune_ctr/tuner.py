@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
 
 from raytune_ctr import checkpoints, gate, packing, plan, pool, results, script, train, trial
 from raytune_ctr import spec as spec_lib
@@ -335,6 +336,10 @@ def _run_config(spec: Spec, where: Results, verbose: bool = False):
     # compact live table.
     callbacks = [_coordination(spec, _coordinator_name(where)), _Tables(spec, where),
                  checkpoints.Replaced()]
+    try:
+        callbacks.append(_Board())
+    except ImportError:  # no tensorboardX: Tune goes without its own too
+        pass
     return tune.RunConfig(
         name=where.name, storage_path=where.tune_storage, verbose=1 if verbose else 0,
         callbacks=callbacks if verbose else [*callbacks, Live(spec)],
@@ -578,6 +583,14 @@ class _Tables(Callback):
     def on_experiment_end(self, trials, **info):
         if self.write_error is None:
             self._flush(force=True)
+
+
+class _Board(TBXLoggerCallback):
+    """Tune's TensorBoard logger, given each result unpacked (packing.py): it logs
+    numbers only, so it would miss every packed metric. Given one, Tune adds none."""
+
+    def log_trial_result(self, iteration, trial, result):
+        super().log_trial_result(iteration, trial, packing.unpack(result))
 
 
 _Live = Live  # the live view's name in the Tune state of sweeps saved before live.py

@@ -204,3 +204,26 @@ def test_total_counts_grid_points_times_repeats():
     assert live.total(grid) == 6
     assert live.total(spec_lib.from_dict({"search": {
         "method": "random", "num_samples": 7, "space": {"lr": {"uniform": [0.1, 1.0]}}}})) == 7
+
+
+def test_packed_results_show_as_reported_including_a_resumed_trials(monkeypatch):
+    """Trials hand Tune most metrics packed in one string (packing.py); the view
+    shows them, and keeps of each trial only what it shows."""
+    from raytune_ctr import packing
+
+    Clock(monkeypatch)
+    spec, trials = _spec(), _trials()
+    keep = packing.tune_keys(spec)
+    trials[1].status = "TERMINATED"  # from before a resume
+    trials[1].last_result = packing.pack({"epoch": 2, "test_acc": 88.0, "epoch_time_s": 0.5,
+                                          "samples_per_s": 10.0}, keep)
+    cb = live.Live(spec, console=Console(file=io.StringIO(), force_terminal=False))
+    cb.on_step_begin(0, trials)
+    trials[0].status = "RUNNING"
+    cb.on_trial_result(0, trials, trials[0], packing.pack(
+        {"epoch": 1, "test_acc": 70.0, "epoch_time_s": 1.25, "tflops": 0.1}, keep))
+    assert cb._last == {"t1": {"epoch": 2, "test_acc": 88.0, "epoch_time_s": 0.5},
+                        "t0": {"epoch": 1, "test_acc": 70.0, "epoch_time_s": 1.25}}
+    rs = live.rows(spec, trials, cb._last)
+    assert [(r.trial, r.values, r.s_per_epoch) for r in rs if r.epoch] == \
+        [(0, (70.0,), 1.25), (1, (88.0,), 0.5)]

@@ -66,3 +66,16 @@ def test_the_table_from_tunes_record_unpacks_each_epoch():
     assert df["samples_per_s"].tolist() == [100.0, 200.0, 300.0]
     assert df["test_acc"].tolist() == [81.0, 82.0, 83.0] and packing.PACKED not in df
     assert set(df["status"]) == {"COMPLETED"}
+
+
+def test_a_packed_value_wins_over_nan_in_a_record_resumed_across_the_change():
+    """Tune's record of a sweep started before packing: older rows made columns that
+    newer rows fill with NaN."""
+    row = {"epoch": 3, "test_loss": math.nan,
+           packing.PACKED: '{"test_loss": 0.25, "samples_per_s": 9.5}'}
+    assert packing.unpack(row) == {"epoch": 3, "test_loss": 0.25, "samples_per_s": 9.5}
+
+
+def test_an_array_is_an_error_not_a_number():
+    with pytest.raises(TypeError, match="not ndarray"):
+        packing.pack({"epoch": 1, "losses": np.array([0.1, 0.2])}, ["epoch"])

@@ -105,6 +105,9 @@ def test_optuna_nsga2_with_asha(write_spec, tmp_path):
     assert {"test_acc", "train_time_s", "epoch"} <= analysed
     assert not analysed & {"samples_per_s", "test_loss", "tflops", "env_cpu_count"}
     assert df["samples_per_s"].notna().all() and df["test_loss"].notna().all()
+    # TensorBoard (Tune's logger, given each result unpacked) has them too.
+    events = b"".join(p.read_bytes() for p in out.rglob("events.out.tfevents.*"))
+    assert b"ray/tune/test_loss" in events and b"ray/tune/samples_per_s" in events
 
 
 def test_quickstart_smoke_is_the_readme_job_in_small(tmp_path, monkeypatch):

@@ -232,14 +232,14 @@ def _report(spec: Spec, job: dict, extra: dict, epoch: dict, offset: dict,
     metrics |= {f"env_{k}": v for k, v in fingerprint.process(where, res.use_gpu).items()}
     metrics |= {"ended_at": time.time()} | extra
     trace.mark("epoch_read")
+    for_tune = packing.pack(metrics, packing.tune_keys(spec))
     if folder is None:
-        tune.report(packing.pack(metrics, packing.tune_keys(spec)))
+        tune.report(for_tune)
         return
     Path(folder, reporter.META).write_text(json.dumps(
         {"epoch": metrics["epoch"], "train_time_s": train_s, "wall_time_s": wall_s}))
     try:
-        tune.report(packing.pack(metrics, packing.tune_keys(spec)),
-                    checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report(for_tune, checkpoint=tune.Checkpoint.from_directory(folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -78,7 +78,7 @@ class _Pool:
     key: PoolKey
     running: str | None = None  # the job its workers serve now
     given_up: float | None = None  # when its running job lost its trial (done or stopped)
-    up: bool = False  # its workers are up (warming up, or asking for work)
+    up: bool = False  # its workers are up and warm
     served: bool = False  # it took a job
     ahead: bool = False  # started before any trial asked (`start`)
     stopping: bool = False
@@ -202,7 +202,7 @@ class Coordinator:
 
     # --- a pool's side (rank 0)
     def up(self, pool_id: int) -> None:
-        """The pool's workers are up (rank 0 says so before they warm up)."""
+        """The pool's workers are up and warm (rank 0 says so)."""
         with self._cv:
             self._pools[pool_id].up = True
             self._cv.notify_all()
@@ -489,10 +489,11 @@ def serve(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     trace.mark("pool_worker_ready", pool=pool, rank=rank)
-    if rank == 0:  # trials may start: their processes take longer to start than this
-        ray.get(coordinator.up.remote(pool))
     _warm_up(device)
+    _broadcast(None)  # every rank is warm
     trace.mark("pool_worker_warm", pool=pool, rank=rank)
+    if rank == 0:  # trials may train: the warm-up's imports would have skewed their epochs
+        ray.get(coordinator.up.remote(pool))
     while True:
         job = ray.get(coordinator.take.remote(pool, 5.0)) if rank == 0 else None
         job = _broadcast(job)
@@ -505,7 +506,7 @@ def serve(config: dict) -> None:
 
 def _warm_up(device) -> None:
     """Pay the imports a first job would (the training loop; torch.optim's first call
-    imports torch._dynamo) while the first trials start, not while one trains."""
+    imports torch._dynamo) before any trial trains, not while one does."""
     import ray.train.torch
     import torch
 

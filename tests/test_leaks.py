@@ -3,6 +3,7 @@ does): no placement group, actor or worker process of any trial, whether ASHA
 stopped it, it finished, or it was given up while its worker pool still started.
 The Ray state API is asked, as `ray list` would."""
 
+import json
 import os
 import subprocess
 import sys
@@ -102,3 +103,36 @@ def test_a_job_given_up_while_its_pool_starts_leaves_nothing(cluster, tmp_path):
                           timeout=600, env=os.environ.copy())
     assert proc.returncode == 0 and "given up" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     assert settled(api) == {"placement groups": [], "actors": [], "processes": []}
+
+
+def test_a_pool_started_ahead_is_up_only_once_every_rank_is_warm(tmp_path, monkeypatch):
+    """One-worker trials wait for the pools started ahead (trial.py): the warm-up's
+    imports are a burst of CPU that would skew the epochs of a trial training beside
+    it, so a pool says it is up only after every rank's warm-up."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("RAYTUNE_CTR_TRACE", str(trace))  # the head's processes inherit it
+    head = Head(2)
+    try:
+        script = tmp_path / "ahead.py"
+        script.write_text(textwrap.dedent(f"""
+            import time
+            import ray
+            from raytune_ctr import pool
+            ray.init(address="{head.address}")
+            c = pool.Coordinator.remote("{tmp_path / 'storage'}")
+            ray.get(c.start.remote(pool.PoolKey(2, 0.0, ray.util.get_node_ip_address())))
+            assert ray.get(c.wait_up.remote(300.0))
+            print("up at", time.time())
+            ray.get(c.shutdown.remote())
+            ray.kill(c)
+        """))
+        proc = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600, env=os.environ.copy())
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        assert settled(head.api) == {"placement groups": [], "actors": [], "processes": []}
+    finally:
+        head.stop()
+    up = float(proc.stdout.split("up at")[1].split()[0])
+    marks = [json.loads(line) for line in trace.read_text().splitlines()]
+    warm = [m["t"] for m in marks if m["phase"] == "pool_worker_warm"]
+    assert len(warm) == 2 and max(warm) <= up

@@ -81,9 +81,9 @@ def resume(where: Results, *, address: str | None = None, verbose: bool = False,
 
     spec = results.load_spec(where.local)
     usercode.importable(spec.code)  # its driver builds the user's models again
-    if spec.search.method == "optuna" and not (where.local / results.OPTUNA_DB).is_file():
+    if spec.search.method == "optuna" and not where.optuna_file.is_file():
         # The searcher's trials live there; without them TPE would start over.
-        raise SpecError("--resume", f"the Optuna study {where.local / results.OPTUNA_DB} is "
+        raise SpecError("--resume", f"the Optuna study {where.optuna_file} is "
                         "missing; resume on the machine and folder the sweep started in",
                         where.name)
     source = prepare_data(spec)

@@ -248,8 +248,6 @@ def _search(spec: Spec, where: Results, concurrency: int):
         gen = BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed,
                                     max_concurrent=concurrency)
         return space, gen, num_samples
-    import optuna
-
     from raytune_ctr import samplers
 
     if s.goal is not None:
@@ -259,7 +257,7 @@ def _search(spec: Spec, where: Results, concurrency: int):
         return space, searchers.GoalOptunaSearch(
             target.rule(spec), num_samples, race, spec.train.seed, str(where.local),
             sampler=samplers.for_objectives(1, s.seed), points_to_evaluate=points,
-            study_name=where.name, storage=optuna.storages.RDBStorage(where.optuna_url)), \
+            study_name=where.name, storage=where.optuna_storage()), \
             num_samples * (max(race.seeds) if race else 1)  # the race's trials at most
     names: list[str] = list(s.objectives)
     modes: list[str] = list(s.objectives.values())
@@ -268,7 +266,7 @@ def _search(spec: Spec, where: Results, concurrency: int):
         metric=names if len(names) > 1 else names[0],
         mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler, points_to_evaluate=points, study_name=where.name,
-        storage=optuna.storages.RDBStorage(where.optuna_url))
+        storage=where.optuna_storage())
     return space, searcher, s.num_samples
 
 

@@ -10,6 +10,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @pytest.fixture
+def journal():
+    """journal(folder): the Optuna study a results folder keeps, opened as a user would."""
+    import optuna
+
+    return lambda folder: optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
+
+
+@pytest.fixture
 def data_dir(tmp_path):
     d = tmp_path / "data"
     d.mkdir()

@@ -320,7 +320,7 @@ HEAD_LOSS = {
 
 
 @pytest.mark.docker
-def test_a_lost_head_comes_back_with_ray_up_and_resume(cluster_2cpu, engine):
+def test_a_lost_head_comes_back_with_ray_up_and_resume(cluster_2cpu, engine, journal):
     """The head container killed mid-sweep, the driver and the GCS with it. The results
     live on storage outside it (provider.data_dir). After `ray up` makes a new head,
     which the workers rejoin, `--resume` goes on: finished trials are kept, unfinished
@@ -384,6 +384,6 @@ def test_a_lost_head_comes_back_with_ray_up_and_resume(cluster_2cpu, engine):
     import optuna
 
     study = optuna.load_study(study_name="headloss",
-                              storage=f"sqlite:///{folder / 'optuna.db'}")
+                              storage=journal(folder))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) >= 5

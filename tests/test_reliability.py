@@ -101,7 +101,7 @@ EPOCHS = 6
 
 
 @pytest.mark.parametrize("gone", [False, True], ids=["as-saved", "named-checkpoint-gone"])
-def test_killed_driver_resumes_to_the_uninterrupted_results(write_spec, tmp_path, gone):
+def test_killed_driver_resumes_to_the_uninterrupted_results(write_spec, tmp_path, gone, journal):
     spec = write_spec({
         "name": "resume",
         "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
@@ -176,7 +176,7 @@ def test_killed_driver_resumes_to_the_uninterrupted_results(write_spec, tmp_path
     assert "## Recovered trials" in (cut / "report.md").read_text()
 
     def study(name):
-        return optuna.load_study(study_name=name, storage=f"sqlite:///{res / name / 'optuna.db'}")
+        return optuna.load_study(study_name=name, storage=journal(res / name))
 
     def complete(s):
         return sorted(str(t.params) for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE)

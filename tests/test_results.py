@@ -105,7 +105,7 @@ def test_a_uri_storage_path_keeps_a_local_copy_and_never_overwrites(tmp_path, mo
                                                                str(tmp_path / "runs"))
 
 
-def test_the_optuna_record_of_a_random_sweep_keeps_a_continuous_knob_as_a_range(tmp_path):
+def test_the_optuna_record_of_a_random_sweep_keeps_a_continuous_knob_as_a_range(tmp_path, journal):
     """Each trial's record stores its distributions: a list of every learning rate
     seen would grow with the trials, and so would each trial's write."""
     import optuna
@@ -120,7 +120,7 @@ def test_the_optuna_record_of_a_random_sweep_keeps_a_continuous_knob_as_a_range(
     where = Results(str(tmp_path), "rec")
     where.local.mkdir(parents=True)
     results.record_optuna_study(df, spec, where)
-    study = optuna.load_study(study_name="rec", storage=where.optuna_url)
+    study = optuna.load_study(study_name="rec", storage=journal(where.local))
     ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(ok) == 7 and study.trials[-1].state == optuna.trial.TrialState.FAIL
     lr = ok[0].distributions["lr"]
@@ -132,7 +132,7 @@ def test_the_optuna_record_of_a_random_sweep_keeps_a_continuous_knob_as_a_range(
     assert study.trials[-1].user_attrs == {"status": "FAILED", "error": "boom"}
 
 
-def test_the_optuna_record_keeps_an_optional_knob_searched_with_null(tmp_path):
+def test_the_optuna_record_keeps_an_optional_knob_searched_with_null(tmp_path, journal):
     """`threads_per_worker: [null, 1, 2, ...]`: the null rows are NaN in the table."""
     import optuna
 
@@ -146,5 +146,24 @@ def test_the_optuna_record_keeps_an_optional_knob_searched_with_null(tmp_path):
     where = Results(str(tmp_path), "opt")
     where.local.mkdir(parents=True)
     results.record_optuna_study(df, spec, where)
-    study = optuna.load_study(study_name="opt", storage=where.optuna_url)
+    study = optuna.load_study(study_name="opt", storage=journal(where.local))
     assert [t.params["threads_per_worker"] for t in study.trials] == threads
+
+
+def test_the_optuna_study_is_a_journal_and_an_older_folder_keeps_its_sqlite(tmp_path):
+    """New folders keep the study in Optuna's journal file (no ORM, no SQLAlchemy); a
+    folder made before it, resumed or reported on, goes on with its optuna.db."""
+    import optuna
+
+    from raytune_ctr import cli
+
+    new, old = Results(str(tmp_path), "new"), Results(str(tmp_path), "old")
+    for where in (new, old):
+        where.local.mkdir(parents=True)
+    assert isinstance(new.optuna_storage(), optuna.storages.JournalStorage)
+    optuna.create_study(study_name="old", storage=f"sqlite:///{old.local / 'optuna.db'}")
+    assert old.optuna_file == old.local / "optuna.db"
+    assert isinstance(old.optuna_storage(), optuna.storages.RDBStorage)
+    assert optuna.load_study(study_name="old", storage=old.optuna_storage()).study_name == "old"
+    assert f"optuna-dashboard {new.local / 'optuna.journal'}" in cli._where(new.local)
+    assert f"optuna-dashboard sqlite:///{old.local / 'optuna.db'}" in cli._where(old.local)

@@ -93,25 +93,28 @@ def _generations(study) -> list[int]:
 
 def test_a_resumed_nsga2_study_keeps_its_generation_numbers(tmp_path):
     """Resume as Tune does: the sampler comes back from a pickle, the study from its
-    database, and the next trials go on from the last generation, not from 0."""
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    journal, and the next trials go on from the last generation, not from 0."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
 
     def objective(t):
         x = t.suggest_float("x", 0, 1)
         return x, 1 - x
 
     sampler = samplers.for_objectives(2, seed=0, population_size=4)
-    study = optuna.create_study(study_name="s", storage=url, sampler=sampler,
+    study = optuna.create_study(study_name="s", storage=storage, sampler=sampler,
                                 directions=["maximize", "maximize"])
     study.optimize(objective, n_trials=8)
     assert _generations(study) == [0] * 4 + [1] * 4
     saved = pickle.dumps(sampler)
 
-    resumed = optuna.load_study(study_name="s", storage=url, sampler=pickle.loads(saved))
+    # The storage comes back from Tune's pickle too, and reads the journal file again.
+    resumed = optuna.load_study(study_name="s", storage=pickle.loads(pickle.dumps(storage)),
+                                sampler=pickle.loads(saved))
     resumed.optimize(objective, n_trials=4)
     assert _generations(resumed) == [0] * 4 + [1] * 4 + [2] * 4
     # Optuna's own NSGA-II reads the same record the same way.
-    plain = optuna.load_study(study_name="s", storage=url,
+    plain = optuna.load_study(study_name="s", storage=storage,
                               sampler=optuna.samplers.NSGAIISampler(seed=0, population_size=4))
     plain.optimize(objective, n_trials=4)
     assert _generations(plain)[-4:] == [3] * 4

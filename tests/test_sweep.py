@@ -27,7 +27,7 @@ def trials(run_dir: Path) -> pd.DataFrame:
     return df.sort_values(["trial_index", "epoch"])
 
 
-def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path):
+def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path, journal):
     data_dir = tmp_path / "data"
     spec = write_spec({
         "name": "it-grid",
@@ -63,7 +63,7 @@ def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path):
     assert "## Pareto-optimal configurations" in text and "train_loss is nan" in text
     for p in writeup.PLOTS:
         assert (out / p).is_file()
-    study = optuna.load_study(study_name="grid", storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name="grid", storage=journal(out))
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"] and len(study.directions) == 2
 
@@ -74,7 +74,7 @@ def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path):
     assert (out / "report.md").read_text() == text
 
 
-def test_optuna_nsga2_with_asha(write_spec, tmp_path):
+def test_optuna_nsga2_with_asha(write_spec, tmp_path, journal):
     spec = write_spec({
         "name": "it-optuna",
         "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
@@ -94,7 +94,7 @@ def test_optuna_nsga2_with_asha(write_spec, tmp_path):
     df = trials(out)
     assert df["trial_index"].nunique() == 3
     assert set(df["status"]) <= {"COMPLETED", "STOPPED"}
-    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name="opt", storage=journal(out))
     assert len(study.trials) == 3 and len(study.directions) == 2
     assert all(1e-3 <= t.params["lr"] <= 1e-1 for t in study.trials)
     # Tune keeps running statistics only of what it acts on (packing.py); the table
@@ -138,7 +138,7 @@ def test_smoke_to_a_uri_storage_path(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     remote, local = tmp_path / "bucket" / "prefix" / "smoke", tmp_path / "results" / "smoke"
     assert trials(remote).equals(trials(local))
-    assert {"report.md", "spec.yaml", "optuna.db", "trials.csv"} <= {p.name for p in remote.iterdir()}
+    assert {"report.md", "spec.yaml", "optuna.journal", "trials.csv"} <= {p.name for p in remote.iterdir()}
     assert any(remote.glob("experiment_state-*.json"))  # Tune's own state, written there
     assert any(remote.glob("trial_*/checkpoint_*/state.pt"))  # each trial's epoch checkpoints
 
@@ -160,7 +160,7 @@ def test_every_trial_failing_exits_1_and_still_writes_the_report(write_spec, tmp
     assert "train_loss is nan" in (tmp_path / "res" / "bad" / "report.md").read_text()
 
 
-def test_target_mode_races_to_the_target_and_answers_with_its_confidence(write_spec, tmp_path):
+def test_target_mode_races_to_the_target_and_answers_with_its_confidence(write_spec, tmp_path, journal):
     """The quickstart's space in target mode, smaller: trials stop at the target or when
     capped, Optuna is told time and constraint, the finalists run again with seeds, and
     the answer comes with its confidence in report.md, report.html and the command's
@@ -192,7 +192,7 @@ def test_target_mode_races_to_the_target_and_answers_with_its_confidence(write_s
                  if writeup.target_mode.crossing(curve[:k], rule) is not None]
         # a trial stops at the evaluation that confirms its crossing, not later
         assert not known or known[0] == len(curve)
-    study = optuna.load_study(study_name="goal", storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name="goal", storage=journal(out))
     told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(told) == 5  # the race's reruns are not Optuna's trials
     assert all("target" in t.constraints for t in told)

@@ -299,13 +299,15 @@ def time_to_target(df: pd.DataFrame, target: float) -> pd.DataFrame:
     """Per trial (finished or stopped): the first epoch at which test accuracy reached
     `target` and the training seconds it took; NaN where it never did."""
     ok = df[df["epoch"].notna() & df["test_acc"].notna() & (df["status"] != "FAILED")]
-    rows = []
-    for i, t in ok.sort_values("epoch").groupby("trial_index"):
-        hit = t[t["test_acc"] >= target]
-        rows.append({"trial_index": i, "config": t["config"].iloc[0] if "config" in t else "",
-                     "epoch_to_target": float(hit["epoch"].iloc[0]) if len(hit) else np.nan,
-                     "s_to_target": float(hit["train_time_s"].iloc[0]) if len(hit) else np.nan})
-    return pd.DataFrame(rows, columns=["trial_index", "config", "epoch_to_target", "s_to_target"])
+    ok = ok.sort_values("epoch", kind="stable")  # a trial's first row: its first epoch
+    first = ok.drop_duplicates("trial_index").set_index("trial_index").sort_index()
+    hit = ok[ok["test_acc"] >= target].drop_duplicates("trial_index").set_index("trial_index")
+    return pd.DataFrame({
+        "trial_index": first.index,
+        "config": first["config"].to_numpy() if "config" in ok else "",
+        "epoch_to_target": hit["epoch"].reindex(first.index).astype(float).to_numpy(),
+        "s_to_target": hit["train_time_s"].reindex(first.index).astype(float).to_numpy()},
+        columns=["trial_index", "config", "epoch_to_target", "s_to_target"])
 
 
 def time_to_target_by_knob(df: pd.DataFrame, spec: Spec, target: float) -> pd.DataFrame:

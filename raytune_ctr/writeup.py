@@ -381,9 +381,9 @@ def build(run_dir: Path) -> Path:
     if counts.get("INTERRUPTED", 0):
         status += f", {counts['INTERRUPTED']} INTERRUPTED"
     times, base = time_table(df, spec)
-    df = df.merge(effects.time_to_target(df, target)[["trial_index", "epoch_to_target",
-                                                      "s_to_target"]],
-                  on="trial_index", how="left")
+    ttt = effects.time_to_target(df, target)
+    df = df.merge(ttt[["trial_index", "epoch_to_target", "s_to_target"]], on="trial_index",
+                  how="left")
     front = pareto_front(df, spec)
     obj = list(spec.search.objectives)
     failed = df[df["status"] == "FAILED"].groupby("trial_index").first()
@@ -407,7 +407,6 @@ def build(run_dir: Path) -> Path:
                   "its results could not be written); these are the trials that finished "
                   f"by then. `--resume {run_dir.name}` goes on.\n")
     eff = effects.effects(df, spec)
-    ttt = effects.time_to_target(df, target)
     md.append("## Answer\n")
     found = answer(df, spec, run_dir)
     md.append(found.headline + "\n")

@@ -481,6 +481,7 @@ def serve(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
+    import torch.distributed as dist
 
     from raytune_ctr import trace
 
@@ -489,9 +490,11 @@ def serve(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     trace.mark("pool_worker_ready", pool=pool, rank=rank)
+    # A rank failing here (its DDP wrap makes collective calls) fails the group, and
+    # Train restarts it as after any worker error.
     _warm_up(device)
-    _broadcast(None)  # every rank is warm
     trace.mark("pool_worker_warm", pool=pool, rank=rank)
+    dist.barrier()  # every rank is warm
     if rank == 0:  # trials may train: the warm-up's imports would have skewed their epochs
         ray.get(coordinator.up.remote(pool))
     while True:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import posixpath
 import signal
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from raytune_ctr.spec import Spec
+
+log = logging.getLogger(__name__)
 
 SPEC, TRIALS, TRIALS_CSV, OPTUNA_JOURNAL, REPORT = (
     "spec.yaml", "trials.parquet", "trials.csv", "optuna.journal", "report.md")
@@ -87,10 +90,27 @@ class Results:
 
     @property
     def optuna_file(self) -> Path:
-        """The Optuna study's file: the journal, or an older folder's SQLite."""
+        """The Optuna study's file: the journal, or an older folder's SQLite (this
+        package writes no optuna.db any more)."""
         old = self.local / OPTUNA_DB
-        return old if old.is_file() and not (self.local / OPTUNA_JOURNAL).is_file() \
-            else self.local / OPTUNA_JOURNAL
+        return old if old.is_file() else self.local / OPTUNA_JOURNAL
+
+    def mend_optuna_journal(self) -> None:
+        """Before a resume writes to the journal: drop a last line cut short (the disk
+        filled mid-write), which Optuna would glue the next line to and then fail
+        every read on, and a write lock left by a killed driver (each write would
+        wait 30 s for it)."""
+        for lock in self.local.glob(OPTUNA_JOURNAL + ".lock*"):
+            lock.unlink(missing_ok=True)
+        path = self.local / OPTUNA_JOURNAL
+        if not path.is_file():
+            return
+        raw = path.read_bytes()
+        whole = raw.rfind(b"\n") + 1
+        if whole < len(raw):
+            log.warning("%s: its last line was cut short (%d bytes); dropped", path,
+                        len(raw) - whole)
+            os.truncate(path, whole)
 
     def optuna_storage(self):
         """The Optuna study's storage. A journal file: a write is one appended line

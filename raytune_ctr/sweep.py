@@ -86,6 +86,7 @@ def resume(where: Results, *, address: str | None = None, verbose: bool = False,
         raise SpecError("--resume", f"the Optuna study {where.optuna_file} is "
                         "missing; resume on the machine and folder the sweep started in",
                         where.name)
+    where.mend_optuna_journal()
     source = prepare_data(spec)
     own = connect(address, verbose, code=spec.code)
     plan.plan(spec)

@@ -1,5 +1,7 @@
 """The results folder: where it lives, the trials table, the checkpoints read back."""
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -162,8 +164,47 @@ def test_the_optuna_study_is_a_journal_and_an_older_folder_keeps_its_sqlite(tmp_
         where.local.mkdir(parents=True)
     assert isinstance(new.optuna_storage(), optuna.storages.JournalStorage)
     optuna.create_study(study_name="old", storage=f"sqlite:///{old.local / 'optuna.db'}")
+    (old.local / "optuna.journal").touch()  # opened by hand, say: the db still holds it
     assert old.optuna_file == old.local / "optuna.db"
     assert isinstance(old.optuna_storage(), optuna.storages.RDBStorage)
     assert optuna.load_study(study_name="old", storage=old.optuna_storage()).study_name == "old"
     assert f"optuna-dashboard {new.local / 'optuna.journal'}" in cli._where(new.local)
     assert f"optuna-dashboard sqlite:///{old.local / 'optuna.db'}" in cli._where(old.local)
+
+
+def test_a_resume_mends_a_journal_line_cut_short_and_a_stale_lock(tmp_path):
+    """A disk that filled mid-write leaves half a line: Optuna would glue the next
+    line to it and fail every read after. A driver killed mid-write leaves the lock."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    def add(study, value):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+
+    where = Results(str(tmp_path), "cut")
+    where.local.mkdir(parents=True)
+    add(optuna.create_study(study_name="cut", storage=where.optuna_storage()), 1.0)
+    path = where.local / "optuna.journal"
+    with open(path, "ab") as f:
+        f.write(b'{"op_code": 4, "worker_id": "x", "stu')
+    lock = where.local / "optuna.journal.lock"
+    lock.symlink_to(path)  # JournalFileSymlinkLock's, held by the dead driver
+    unmended = tmp_path / "copy.journal"
+    unmended.write_bytes(path.read_bytes())
+
+    def journal(p):
+        return JournalStorage(JournalFileBackend(str(p)))
+
+    with pytest.raises((AttributeError, ValueError)):  # the first: Optuna 5.1's
+        for value in (2.0, 3.0):
+            add(optuna.load_study(study_name="cut", storage=journal(unmended)), value)
+
+    where.mend_optuna_journal()
+    assert not os.path.lexists(lock) and path.read_bytes().endswith(b"\n")
+    add(optuna.load_study(study_name="cut", storage=where.optuna_storage()), 2.0)
+    study = optuna.load_study(study_name="cut", storage=where.optuna_storage())
+    assert [t.value for t in study.trials] == [1.0, 2.0]
+    where.mend_optuna_journal()  # a whole journal is left as it is
+    assert [t.value for t in optuna.load_study(
+        study_name="cut", storage=where.optuna_storage()).trials] == [1.0, 2.0]

@@ -27,3 +27,33 @@ def test_one_trial_waits_beside_those_that_fit_unless_the_limit_is_the_users():
     det = checks.from_dict({"train": {"deterministic": True}, "search": {
         "method": "optuna", "space": {"lr": {"loguniform": [0.1, 1.0]}}}})
     assert tuner._live_trials(det, 1) == 1
+
+
+def test_a_resumed_optuna_searcher_takes_a_finished_trials_result_from_the_journal(tmp_path):
+    """Tune saved the searcher while trial t1 ran, t1 finished, the driver was killed:
+    the resumed searcher gets t1's results again. Optuna's journal refuses them as it
+    replays the file (not before writing, as SQLite did); the searcher takes the
+    refusal, and the study keeps t1's told value."""
+    import optuna
+    from ray import tune
+
+    where = Results(str(tmp_path), "s")
+    where.local.mkdir(parents=True)
+
+    def searcher():
+        return tuner.ResumableOptunaSearch(
+            space={"lr": tune.loguniform(1e-3, 1.0)}, metric="test_acc", mode="max",
+            study_name="s", storage=where.optuna_storage())
+
+    first = searcher()
+    first.suggest("t1")
+    first.on_trial_result("t1", {"test_acc": 50.0, "training_iteration": 1})
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's experiment checkpoint
+    first.on_trial_complete("t1", {"test_acc": 60.0, "training_iteration": 2})
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("t1", {"test_acc": 55.0, "training_iteration": 2})
+    assert "t1" in resumed._completed_trials
+    study = optuna.load_study(study_name="s", storage=where.optuna_storage())
+    assert [(t.state, t.value) for t in study.trials] == [(optuna.trial.TrialState.COMPLETE, 60.0)]

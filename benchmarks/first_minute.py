@@ -28,7 +28,8 @@ from _common import SMOKE, emit, phases
 ROOT = Path(__file__).resolve().parent.parent
 # Driver phases in the order a sweep passes them; each row is the time to reach it.
 PHASES = ["command_start", "data_ready", "ray_up", "sweep_start", "coordinator_started",
-          "flops_counted", "tuner_fit", "first_trial_start", "tuner_done",
+          "flops_counted", "tuner_fit", "first_trial_start", "pool_worker_ready",
+          "pool_worker_warm", "pools_up", "tuner_done",
           "tables_written", "report_written", "coordinator_stopped", "command_exit"]
 
 
@@ -60,11 +61,14 @@ def once(config: str | None, cold: bool, smoke: bool = False) -> dict:
     busy = df.groupby("trial_index")[["epoch_time_s", "eval_time_s"]].sum().sum(axis=1)
     last = df.sort_values("epoch").groupby("trial_index").tail(1).set_index("trial_index")
     held = last["num_workers"] * last["cpus_per_worker"]
+    # Its epochs against each other: a burst of CPU beside them (a pool's start) shows.
+    first = df[df["trial_index"] == df["trial_index"].min()].sort_values("epoch")
     cpus = os.cpu_count() or 1
     return {"wall_s": round(wall, 1), "trials": len(busy),
             "train_eval_s": round(float(busy.sum()), 1),
             "efficiency": round(float((busy * held).sum()) / (wall * cpus), 3),
             "phases_s": {p: round(at[p] - start, 1) for p in PHASES if p in at},
+            "first_trial_epoch_s": [round(float(x), 3) for x in first["epoch_time_s"]],
             "steps": steps}
 
 

@@ -53,8 +53,11 @@ def emit(result: dict, out: str | None) -> None:
     """Print the figures with where and when they were measured; save them if asked."""
     import torch
 
+    from raytune_ctr.fingerprint import _cpu_model
+
     where = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+             "cpu": _cpu_model(), "torch": torch.__version__,
+             "date": time.strftime("%Y-%m-%d")}
     text = json.dumps(where | result, indent=2)
     print(text)
     if out:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from _common import SMOKE, emit
 
@@ -70,10 +69,7 @@ def main() -> None:
                 out = subprocess.run([sys.executable, "-c", ONE, kind, d, str(n)], check=True,
                                      capture_output=True, text=True).stdout
             rows.append({"storage": kind, "trials": n} | json.loads(out.splitlines()[-1]))
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               "unknown")
-    emit({"cpu": cpu, "when": time.strftime("%H:%M"), "runs": rows}, args.out)
+    emit({"when": time.strftime("%H:%M"), "runs": rows}, args.out)
 
 
 if __name__ == "__main__":

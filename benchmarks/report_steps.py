@@ -122,10 +122,7 @@ def main() -> None:
                     shutil.copy2(f, folder)
         out = subprocess.run([sys.executable, __file__, "--measure", folder], check=True,
                              capture_output=True, text=True).stdout
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               "unknown")
-    emit({"cpu": cpu, "folder": args.folder or f"load.py's sweep of {args.trials} trials"}
+    emit({"folder": args.folder or f"load.py's sweep of {args.trials} trials"}
          | json.loads(out.strip().splitlines()[-1]), args.out)
 
 

@@ -58,14 +58,14 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def _where(folder: Path) -> str:
     """Where a sweep's results are, and the commands that open them."""
-    from raytune_ctr.results import Results
+    from raytune_ctr.results import OPTUNA_DB, Results
 
     study = Results(str(folder.parent), folder.name).optuna_file
     lines = [("results", f"{folder}  (trials.parquet, trials.csv, knobs.csv, plots)"),
              ("report", f"{folder / 'report.md'}"),
              ("page", f"{folder / 'report.html'}  (open it in a browser; works offline)"),
              ("TensorBoard", f"tensorboard --logdir {folder}"),
-             ("Optuna", "optuna-dashboard " + (f"sqlite:///{study}" if study.suffix == ".db"
+             ("Optuna", "optuna-dashboard " + (f"sqlite:///{study}" if study.name == OPTUNA_DB
                                                 else str(study)))]
     return "\n".join(f"{k + ':':13}{v}" for k, v in lines)
 

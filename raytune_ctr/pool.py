@@ -483,7 +483,7 @@ def serve(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from raytune_ctr import trace
+    from raytune_ctr import trace, train
 
     coordinator, pool = config["coordinator"], config["pool"]
     ctx = ray.train.get_context()
@@ -492,7 +492,7 @@ def serve(config: dict) -> None:
     trace.mark("pool_worker_ready", pool=pool, rank=rank)
     # A rank failing here (its DDP wrap makes collective calls) fails the group, and
     # Train restarts it as after any worker error.
-    _warm_up(device)
+    train.first_imports(device, wrap=ray.train.torch.prepare_model)
     trace.mark("pool_worker_warm", pool=pool, rank=rank)
     dist.barrier()  # every rank is warm
     if rank == 0:  # trials may train: the warm-up's imports would have skewed their epochs
@@ -506,18 +506,6 @@ def serve(config: dict) -> None:
             torch.set_num_threads(job["resources"].threads)
             _serve_job(job, coordinator, rank, world, device)
 
-
-def _warm_up(device) -> None:
-    """Pay the imports a first job would (the training loop; torch.optim's first call
-    imports torch._dynamo) before any trial trains, not while one does."""
-    import ray.train.torch
-    import torch
-
-    from raytune_ctr import train
-    from raytune_ctr.spec import TrainSpec
-
-    model = ray.train.torch.prepare_model(torch.nn.Linear(1, 1).to(device))
-    train.make_optimizer(TrainSpec(), model.parameters()).zero_grad()
 
 
 def _broadcast(obj: Any) -> Any:

@@ -99,21 +99,23 @@ def _train_here(job: dict, extra: dict, coordinator) -> None:
     from raytune_ctr import data
     from raytune_ctr import train as train_lib
 
+    res = job["resources"]
+    torch.set_num_threads(res.threads)
+    # Ray has set CUDA_VISIBLE_DEVICES to the GPU this trial holds.
+    device = torch.device("cuda", 0) if res.use_gpu else torch.device("cpu")
     # A pool's start is a burst of CPU that would slow this trial's epochs and skew
-    # their timings; this process's own start and imports went on beside it. Once up,
-    # the pools started ahead stay up, so a reused process asks no more.
+    # their timings; this process's own start and imports went on beside it, and so
+    # does its first set-up's import (one CPU is idle during parts of a pool's start).
+    # Once up, the pools started ahead stay up, so a reused process asks no more.
     global _pools_up
     if not _pools_up:
+        train_lib.first_imports(device)
+        trace.mark("trial_warm")
         _pools_up = ray.get(coordinator.wait_up.remote(POOL_START_S))
         if not _pools_up:
             logging.getLogger(__name__).warning(
                 "worker pools not up after %d s; training anyway", POOL_START_S)
         trace.mark("pools_up")
-
-    res = job["resources"]
-    torch.set_num_threads(res.threads)
-    # Ray has set CUDA_VISIBLE_DEVICES to the GPU this trial holds.
-    device = torch.device("cuda", 0) if res.use_gpu else torch.device("cpu")
 
     def report(metrics: dict, state: dict | None) -> None:
         files = train_lib.state_files(state) if state is not None else None

@@ -27,8 +27,10 @@ def trials(run_dir: Path) -> pd.DataFrame:
     return df.sort_values(["trial_index", "epoch"])
 
 
-def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path, journal):
+def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path, journal, monkeypatch):
     data_dir = tmp_path / "data"
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("RAYTUNE_CTR_TRACE", str(trace))
     spec = write_spec({
         "name": "it-grid",
         "data": {"dataset": "digits", "data_dir": str(data_dir)},
@@ -58,6 +60,15 @@ def test_grid_with_ddp_trial_and_a_crash(write_spec, tmp_path, journal):
     assert "train_loss is nan" in crashed["error"].iloc[0]
     assert crashed["test_acc"].isna().all()
     assert {"env_host", "env_torch", "env_ray", "env_cpu_model"} <= set(df.columns)
+    # A trial process that waits for the 2-worker pool pays its first set-up's imports
+    # (torch._dynamo) while it waits, not on its first trial's clock.
+    marks = [json.loads(line) for line in trace.read_text().splitlines()]
+    waited = {m["pid"] for m in marks if m["phase"] == "pools_up"}
+    assert waited
+    for pid in waited:
+        phases = [m["phase"] for m in marks if m["pid"] == pid]
+        assert phases.index("trial_warm") < phases.index("pools_up") \
+            < phases.index("setup_start"), phases
 
     text = (out / "report.md").read_text()
     assert "## Pareto-optimal configurations" in text and "train_loss is nan" in text

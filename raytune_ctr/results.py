@@ -176,10 +176,14 @@ class Results:
         if not (results.local / SPEC).is_file() or not resumable:
             raise SpecError("--resume", f"no interrupted sweep at {results.where} "
                             "(nothing was changed)", name)
-        if (results.local / TRIALS).is_file() and not (results.local / UNFINISHED).is_file():
+        if results.finished():
             raise SpecError("--resume", f"that sweep finished; its results are in "
                             f"{results.local}", name)
         return results
+
+    def finished(self) -> bool:
+        """Its final tables are written: nothing is left to resume."""
+        return (self.local / TRIALS).is_file() and not (self.local / UNFINISHED).is_file()
 
     @classmethod
     def _named(cls, storage_path: str, name: str, flag: str) -> Results:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,7 +89,20 @@ class Stop:
                         signal.Signals(signum).name)
             tune_stop(signal.SIGUSR1, frame)
             return
+        if _in_finalizer(frame):
+            # Python prints and drops an exception out of __del__ (the garbage
+            # collector runs them anywhere): signal again once it has returned.
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         raise Aborted(signum)
+
+
+def _in_finalizer(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Aborted(KeyboardInterrupt):
@@ -117,6 +131,7 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
     _quiet(verbose)
     coordinator, gated = _start_coordinator(spec, where, concurrency)
     stopping = None  # the coordinator's shutdown, once asked for
+    hurry = False
     live = concurrency if gated else _live_trials(spec, concurrency)
     param_space, search_alg, num_samples = _search(spec, where, live)
     trace.mark("coordinator_started")
@@ -139,8 +154,11 @@ def run(spec: Spec, where: Results, *, concurrency: int, own_cluster: bool,
         trace.mark("tuner_done")
         stopping = coordinator.shutdown.remote(wait_starting=not own_cluster)
         return then(grid) if then else grid
+    except Aborted:
+        hurry = own_cluster
+        raise
     finally:
-        _stop_coordinator(coordinator, own_cluster, stopping)
+        _stop_coordinator(coordinator, own_cluster, stopping, hurry)
         script.kill_containers(spec)
         trace.mark("coordinator_stopped")
 
@@ -167,6 +185,7 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
     coordinator, gated = _start_coordinator(spec, where, plan.plan(spec))
     flops = _flops(spec)
     stand_ins: list[str] = []
+    hurry = False
     try:
         try:
             stand_ins = results.stand_in_for_replaced(where.where)
@@ -181,8 +200,11 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
                             where.name) from None
         with stop.tuning() if stop else contextlib.nullcontext():
             return tuner.fit()
+    except Aborted:
+        hurry = own_cluster
+        raise
     finally:
-        _stop_coordinator(coordinator, own_cluster)
+        _stop_coordinator(coordinator, own_cluster, hurry=hurry)
         script.kill_containers(spec)
         results.remove_stand_ins(stand_ins)
 
@@ -402,12 +424,18 @@ def _start_coordinator(spec: Spec, where: Results, concurrency: int):
     return coordinator, gated
 
 
-def _stop_coordinator(coordinator, own_cluster: bool, stopping=None) -> None:
+def _stop_coordinator(coordinator, own_cluster: bool, stopping=None,
+                      hurry: bool = False) -> None:
     """Stop the pools (Train tears their workers down), then the coordinator. On a
     cluster of its own a pool still starting is not waited for: that Ray ends with
-    this process. `stopping`: the shutdown already asked for, to wait on."""
+    this process. `stopping`: the shutdown already asked for, to wait on. `hurry`:
+    a sweep stopped at once on a Ray of its own, whose end at exit takes the pools
+    with it; Train's teardown of workers that a Ctrl-C reached took 8 s."""
     import ray
 
+    if hurry:
+        ray.kill(coordinator)
+        return
     if stopping is None:
         stopping = coordinator.shutdown.remote(wait_starting=not own_cluster)
     try:

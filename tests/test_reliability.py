@@ -343,6 +343,41 @@ def test_a_signal_mid_sweep_keeps_finished_trials_and_resumes(write_spec, tmp_pa
     assert "Interrupted" not in (run / "report.md").read_text()
 
 
+def test_ctrl_c_in_the_report_says_how_to_write_it_and_leaves_nothing(write_spec, tmp_path,
+                                                                       monkeypatch):
+    """Ctrl-C once every trial has finished and the tables are written, while the
+    report is built and the pools stop: --resume has nothing to go on with, so the
+    last line says how to write the report; the pools end with the sweep's Ray."""
+    spec = write_spec({
+        "name": "late",
+        "data": {"dataset": "digits", "data_dir": str(tmp_path / "data")},
+        "train": {"model": "mlp", "hidden": [32], "epochs": 2, "optimizer": "adam", "lr": 0.01,
+                  "lr_schedule": "none"},
+        "search": {"method": "grid", "grid": {"num_workers": [1, 2]}},
+    })
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("RAYTUNE_CTR_TRACE", str(trace))
+    res = tmp_path / "res"
+    proc = sweep("--config", spec, "--storage-path", res, "--name", "late",
+                 start_new_session=True)
+    wait_for(lambda: trace.is_file() and '"tables_written"' in trace.read_text(), proc,
+             "the final tables")
+    left = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    code, out = finish(proc, timeout=120)
+    assert code == 130, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    run = res / "late"
+    assert last == (f"error: stopped by SIGINT while writing the report; every trial had "
+                    f"finished and the tables are in {run}: write the report with "
+                    f"raytune-ctr report {run}"), out[-3000:]
+    assert [p for p in left if title(p)] == [], [title(p) for p in left if title(p)]
+    assert set(trials(run).groupby("trial_index")["status"].first()) == {"COMPLETED"}
+    report = subprocess.run([sys.executable, "-m", "raytune_ctr.cli", "report", str(run)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and (run / "report.md").is_file(), report.stderr[-2000:]
+
+
 def test_a_full_disk_mid_sweep_fails_with_one_line_and_keeps_finished_trials(
         write_spec, tmp_path, mount_namespace):
     """The results folder on a small tmpfs of the sweep's own mount namespace, filled

@@ -57,3 +57,27 @@ def test_a_resumed_optuna_searcher_takes_a_finished_trials_result_from_the_journ
     assert "t1" in resumed._completed_trials
     study = optuna.load_study(study_name="s", storage=where.optuna_storage())
     assert [(t.state, t.value) for t in study.trials] == [(optuna.trial.TrialState.COMPLETE, 60.0)]
+
+
+def test_a_signal_that_lands_in_a_finalizer_stops_the_sweep_once_it_returns():
+    """Python prints and drops an exception out of __del__, which the garbage
+    collector runs anywhere: a Ctrl-C that lands there must not be lost."""
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    ran = []
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs in here
+            ran.append("del")
+
+    with tuner.Stop() as stop, pytest.raises(tuner.Aborted):
+        Finalized()  # dropped at once
+        assert ran == ["del"]
+        time.sleep(5)  # the signal again, once out of __del__
+    assert stop.signum == signal.SIGINT

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,29 @@ PHASES = ["command_start", "data_ready", "ray_up", "sweep_start", "coordinator_s
           "tables_written", "report_written", "coordinator_stopped", "command_exit"]
 
 
+class Busy(threading.Thread):
+    """The machine's busy share (all CPUs, /proc/stat) every `every` s: where the
+    command leaves CPUs idle (a share near 1/CPUs is one process working alone)."""
+
+    def __init__(self, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.every, self.stop, self.samples = every, threading.Event(), []
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # all, idle + iowait
+
+    def run(self) -> None:
+        prev = self._read()
+        while not self.stop.wait(self.every):
+            cur = self._read()
+            busy = 1 - (cur[1] - prev[1]) / max(1, cur[0] - prev[0])
+            self.samples.append((time.time(), round(busy, 2)))
+            prev = cur
+
+
 def once(config: str | None, cold: bool, smoke: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trace, store = Path(tmp, "trace.jsonl"), Path(tmp, "results")
@@ -45,9 +69,12 @@ def once(config: str | None, cold: bool, smoke: bool = False) -> dict:
         cmd = [sys.executable, "experiments/sweep.py", "--storage-path", str(store),
                "--name", "run", *(["--config", config] if config else []),
                *(["--smoke"] if smoke else [])]
+        sampler = Busy()
+        sampler.start()
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.time() - t0
+        sampler.stop.set()
         if proc.returncode:
             raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         stamps = [json.loads(line) for line in trace.read_text().splitlines()]
@@ -69,6 +96,8 @@ def once(config: str | None, cold: bool, smoke: bool = False) -> dict:
             "efficiency": round(float((busy * held).sum()) / (wall * cpus), 3),
             "phases_s": {p: round(at[p] - start, 1) for p in PHASES if p in at},
             "first_trial_epoch_s": [round(float(x), 3) for x in first["epoch_time_s"]],
+            # [seconds after the command's start, share of all CPUs busy]
+            "cpu_busy": [[round(t - start, 1), b] for t, b in sampler.samples],
             "steps": steps}
 
 

@@ -45,7 +45,7 @@ class Busy(threading.Thread):
     @staticmethod
     def _read() -> tuple[int, int]:
         with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
+            v = [int(x) for x in f.readline().split()[1:9]]  # guest time is in user's
         return sum(v), v[3] + v[4]  # all, idle + iowait
 
     def run(self) -> None:

@@ -125,10 +125,10 @@ def sweep(args: argparse.Namespace) -> int:
         return _fail(str(err), 1)
     except KeyboardInterrupt as err:  # a second signal, or one before Tune ran
         signum = err.signum if isinstance(err, Aborted) else signal.SIGINT
-        if where and where.finished():  # stopped in the report, after the final tables
-            return _fail(f"stopped by {signal.Signals(signum).name} while writing the report; "
-                         f"every trial had finished and the tables are in {where.local}: "
-                         f"write the report with raytune-ctr report {where.local}",
+        if where and where.finished():  # after the final tables: nothing to resume
+            return _fail(f"stopped by {signal.Signals(signum).name} after every trial had "
+                         f"finished; the tables are in {where.local}, and raytune-ctr report "
+                         f"{where.local} writes the report if it is missing or cut short",
                          128 + signum)
         if where and _resumable(where):
             hint = f"go on with: {_resume_cmd(where)}"

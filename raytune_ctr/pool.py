@@ -507,7 +507,6 @@ def serve(config: dict) -> None:
             _serve_job(job, coordinator, rank, world, device)
 
 
-
 def _broadcast(obj: Any) -> Any:
     import torch.distributed as dist
 

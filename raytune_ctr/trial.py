@@ -103,10 +103,10 @@ def _train_here(job: dict, extra: dict, coordinator) -> None:
     torch.set_num_threads(res.threads)
     # Ray has set CUDA_VISIBLE_DEVICES to the GPU this trial holds.
     device = torch.device("cuda", 0) if res.use_gpu else torch.device("cpu")
-    # A pool's start is a burst of CPU that would slow this trial's epochs and skew
-    # their timings; this process's own start and imports went on beside it, and so
-    # does its first set-up's import (one CPU is idle during parts of a pool's start).
-    # Once up, the pools started ahead stay up, so a reused process asks no more.
+    # Once per process: its first set-up's imports (torch._dynamo, ~1 s), outside the
+    # trial's set-up time; during a pool's start, where one CPU idles, they cost no
+    # wall time. Then wait for the pools started ahead: their start is a burst of CPU
+    # that would skew this trial's epochs. Once up, they stay up.
     global _pools_up
     if not _pools_up:
         train_lib.first_imports(device)

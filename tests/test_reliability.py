@@ -368,9 +368,12 @@ def test_ctrl_c_in_the_report_says_how_to_write_it_and_leaves_nothing(write_spec
     assert code == 130, out[-3000:]
     last = out.strip().splitlines()[-1]
     run = res / "late"
-    assert last == (f"error: stopped by SIGINT while writing the report; every trial had "
-                    f"finished and the tables are in {run}: write the report with "
-                    f"raytune-ctr report {run}"), out[-3000:]
+    assert last == (f"error: stopped by SIGINT after every trial had finished; the tables "
+                    f"are in {run}, and raytune-ctr report {run} writes the report if it is "
+                    f"missing or cut short"), out[-3000:]
+    end = time.monotonic() + 30  # Ray's processes may take a moment to go
+    while [p for p in left if title(p)] and time.monotonic() < end:
+        time.sleep(0.5)
     assert [p for p in left if title(p)] == [], [title(p) for p in left if title(p)]
     assert set(trials(run).groupby("trial_index")["status"].first()) == {"COMPLETED"}
     report = subprocess.run([sys.executable, "-m", "raytune_ctr.cli", "report", str(run)],

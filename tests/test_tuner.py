@@ -1,5 +1,12 @@
 """The spec as Tune sees it, with no Ray cluster; end-to-end runs are in test_sweep.py."""
 
+import os
+import signal
+import sys
+import time
+import weakref
+
+import pytest
 
 from raytune_ctr import checks, tuner
 from raytune_ctr.results import Results
@@ -59,25 +66,29 @@ def test_a_resumed_optuna_searcher_takes_a_finished_trials_result_from_the_journ
     assert [(t.state, t.value) for t in study.trials] == [(optuna.trial.TrialState.COMPLETE, 60.0)]
 
 
-def test_a_signal_that_lands_in_a_finalizer_stops_the_sweep_once_it_returns():
-    """Python prints and drops an exception out of __del__, which the garbage
-    collector runs anywhere: a Ctrl-C that lands there must not be lost."""
-    import os
-    import signal
-    import time
+@pytest.mark.parametrize("kind", ["__del__", "weakref.finalize"])
+def test_a_signal_that_lands_in_a_finalizer_stops_the_sweep_once_it_returns(kind):
+    """Python prints and drops an exception out of a finalizer, which the garbage
+    collector runs anywhere: a Ctrl-C that lands in one must not be lost."""
 
-    import pytest
+    def interrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs in here
 
-    ran = []
-
-    class Finalized:
+    class Dropped:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)  # the handler runs in here
-            ran.append("del")
+            interrupted()
 
+    class Plain:
+        pass
+
+    hook = sys.unraisablehook
     with tuner.Stop() as stop, pytest.raises(tuner.Aborted):
-        Finalized()  # dropped at once
-        assert ran == ["del"]
-        time.sleep(5)  # the signal again, once out of __del__
-    assert stop.signum == signal.SIGINT
+        if kind == "__del__":
+            Dropped()  # dropped at once
+        else:
+            obj = Plain()
+            weakref.finalize(obj, interrupted)
+            del obj
+        time.sleep(5)  # raised again in here, once the finalizer has returned
+    assert stop.signum == signal.SIGINT and sys.unraisablehook is hook

@@ -113,6 +113,13 @@ def start(tmp_path_factory, crds: bool) -> Server:
                               "--timeout=10s", check=False).returncode == 0:
                 break
             time.sleep(0.5)
+        # Established is not yet published: kubectl validates against the server's
+        # OpenAPI, which takes the CRDs' schemas a moment later (a busy machine: seconds).
+        for _ in range(120):
+            if server.kubectl("explain", "rayclusters.spec.headGroupSpec",
+                              check=False).returncode == 0:
+                break
+            time.sleep(0.5)
         server.kubectl("create", "namespace", "raytune")
     return server
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,18 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
     if not failed.empty:
         raise RuntimeError(f"{spec.name}: trial failed: {failed['error'].iloc[0]}")
     return df, wall
+
+
+def sweep_command(tmp: str, *args: str) -> tuple[list[str], dict, Path]:
+    """`python experiments/sweep.py ARGS` as a user types it, run from the repository,
+    its results (`tmp`/results/run) and trace stamps in `tmp`: (the command, its
+    environment, the trace file)."""
+    trace = Path(tmp, "trace.jsonl")
+    env = os.environ | {"RAYTUNE_CTR_TRACE": str(trace),
+                        "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", f"{tmp}/ray")}
+    cmd = [sys.executable, "experiments/sweep.py", "--storage-path", f"{tmp}/results",
+           "--name", "run", *args]
+    return cmd, env, trace
 
 
 SMOKE = ("a tiny run that checks the script end to end on any machine (on the CPU where "

@@ -13,23 +13,18 @@ import argparse
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import SMOKE, emit
+from _common import SMOKE, emit, sweep_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def once(smoke: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp, "trace.jsonl")
-        env = os.environ | {"RAYTUNE_CTR_TRACE": str(trace),
-                            "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", f"{tmp}/ray")}
-        cmd = [sys.executable, "experiments/sweep.py", "--storage-path", f"{tmp}/results",
-               "--name", "run", *(["--smoke"] if smoke else [])]
+        cmd, env, trace = sweep_command(tmp, *(["--smoke"] if smoke else []))
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         while proc.poll() is None and not (

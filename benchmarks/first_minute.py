@@ -17,14 +17,13 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
-from _common import SMOKE, emit, phases
+from _common import SMOKE, emit, phases, sweep_command
 
 ROOT = Path(__file__).resolve().parent.parent
 # Driver phases in the order a sweep passes them; each row is the time to reach it.
@@ -59,16 +58,12 @@ class Busy(threading.Thread):
 
 def once(config: str | None, cold: bool, smoke: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        trace, store = Path(tmp, "trace.jsonl"), Path(tmp, "results")
-        env = os.environ | {"RAYTUNE_CTR_TRACE": str(trace),
-                            "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", f"{tmp}/ray")}
+        cmd, env, trace = sweep_command(tmp, *(["--config", config] if config else []),
+                                        *(["--smoke"] if smoke else []))
         if cold:
             from raytune_ctr import hardware
 
             hardware.FLOPS_CACHE.unlink(missing_ok=True)
-        cmd = [sys.executable, "experiments/sweep.py", "--storage-path", str(store),
-               "--name", "run", *(["--config", config] if config else []),
-               *(["--smoke"] if smoke else [])]
         sampler = Busy()
         sampler.start()
         t0 = time.time()
@@ -79,7 +74,7 @@ def once(config: str | None, cold: bool, smoke: bool = False) -> dict:
             raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         stamps = [json.loads(line) for line in trace.read_text().splitlines()]
         steps = phases(trace)
-        df = pd.read_parquet(store / "run" / "trials.parquet")
+        df = pd.read_parquet(Path(tmp, "results", "run") / "trials.parquet")
     at: dict[str, float] = {}
     for s in stamps:
         phase = "first_trial_start" if s["phase"] == "trial_start" else s["phase"]

@@ -21,7 +21,7 @@ from rich.live import Live as RichLive
 from rich.table import Column, Table
 from rich.text import Text
 
-from raytune_ctr import packing
+from raytune_ctr import packing, results
 from raytune_ctr.spec import Spec
 
 _ACTIVE = ("running", "pending", "paused")
@@ -60,7 +60,8 @@ def rows(spec: Spec, trials, last_results: dict[str, dict],
     keys = [k for k in spec.searched_keys() if k != "seed"]
     active: list[Row] = []
     finished: list[Row] = []
-    for i, t in enumerate(trials):
+    for i, j in enumerate(results.made_order(trials)):
+        t = trials[j]
         # A resumed sweep's earlier results are on the restored trials only.
         r = last_results.get(t.trial_id) or packing.unpack(getattr(t, "last_result", None) or {})
         config = dict(t.config)

@@ -418,6 +418,18 @@ def checkpointed_epochs(result) -> list[dict]:
 # --- tables -------------------------------------------------------------------------
 
 
+def made_order(trials: list) -> list[int]:
+    """The positions of `trials` (Tune's list) in the order Tune made them: a trial's
+    number in every table. Not their order in the list: Tune moves a trial it restarts
+    to the end (TuneController._requeue_trial). Its searcher's count heads its
+    experiment_tag ("3_lr=0.1"), which Tune keeps through restarts and resumes."""
+    def made(i: int) -> tuple[float, int]:
+        head = str(getattr(trials[i], "experiment_tag", "") or "").partition("_")[0]
+        return (int(head) if head.isdigit() else float("inf"), i)
+
+    return sorted(range(len(trials)), key=made)
+
+
 def collect(grid, spec: Spec, ended: set[str] | None = None,
             tabled: pd.DataFrame | None = None) -> pd.DataFrame:
     """The trials table of Tune's ResultGrid (see `table`). `ended`: for a sweep a
@@ -433,8 +445,8 @@ def collect(grid, spec: Spec, ended: set[str] | None = None,
                 for t in trials] if len(trials) == len(grid) else [None] * len(grid)
     ids = [t.trial_id for t in trials] if len(trials) == len(grid) else [None] * len(grid)
     done = set() if tabled is None else set(tabled["trial_id"]) & set(ids)
-    rest = [(i, r, s) for (i, r), s, t in zip(enumerate(grid), statuses, ids, strict=True)
-            if t not in done]
+    order = made_order(trials) if len(trials) == len(grid) else range(len(grid))
+    rest = [(n, grid[i], statuses[i]) for n, i in enumerate(order) if ids[i] not in done]
     df = table([(i, r) for i, r, _ in rest], [s for _, _, s in rest], spec)
     if tabled is None or not done:
         return df

@@ -563,7 +563,8 @@ class _Tables(Callback):
         import pandas as pd
         from ray.tune import Result
 
-        for i, t in enumerate(trials):
+        for i, j in enumerate(results.made_order(trials)):
+            t = trials[j]
             if t.trial_id in (self.ended or ()) and t.trial_id not in self._tabled:
                 # Its reports are in its rows now: the driver keeps no more of it.
                 reported = self._reported.pop(t.trial_id, None)

@@ -10,7 +10,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from raytune_ctr import live
+from raytune_ctr import live, results
 from raytune_ctr import spec as spec_lib
 
 
@@ -185,6 +185,23 @@ def test_rows_take_a_status_tune_has_not_set_yet_and_a_restored_trial_result():
     assert [(r.trial, r.status) for r in rs] == [(2, "pending"), (3, "pending"),
                                                  (1, "done"), (0, "error")]
     assert rs[2].values == (88.0,)
+
+
+@pytest.mark.parametrize("first", [0, 1], ids=["BasicVariantGenerator", "SearchGenerator"])
+def test_a_trial_keeps_its_number_when_tune_moves_it_to_the_end_of_its_list(first):
+    """Tune moves a trial it restarts to the end of its list; its number, as in the
+    tables, is the count its searcher gave it (experiment_tag's head: from 0 for
+    Tune's grid and random generator, from 1 for a Searcher's)."""
+    spec, trials = _spec(), _trials()
+    for n, t in enumerate(trials):
+        t.experiment_tag = f"{n + first}_lr={t.config['lr']}"
+        t.status = "RUNNING"
+    trials.append(trials.pop(0))  # TuneController._requeue_trial
+    rs = live.rows(spec, trials, {})
+    assert [(r.trial, r.knobs) for r in rs] == [(0, "lr=0.1"), (1, "lr=0.2"), (2, "lr=0.3"),
+                                                 (3, "lr=0.4")]
+    assert results.made_order(trials) == [3, 0, 1, 2]
+    assert results.made_order(_trials()) == [0, 1, 2, 3]  # no tags: the list's order
 
 
 def test_a_screen_shows_the_running_trials_then_at_least_three_finished():

@@ -84,6 +84,12 @@ class Results:
         return self.storage if self.remote else str(self.local.parent)
 
     @property
+    def tune_filesystem(self):
+        """The filesystem Tune writes through: at a URI, the one it names; in a local
+        or mounted folder, one whose files appear whole (storage.whole_files)."""
+        return None if self.remote else storage.whole_files()
+
+    @property
     def where(self) -> str:
         """This folder as Tune and the trials write it."""
         return self.remote or str(self.local)
@@ -170,6 +176,7 @@ class Results:
             if results.remote and storage.exists(results.remote):
                 storage.download(results.remote, results.local)  # spec, the Optuna study
             resumable = can_resume(results.where)
+            broken = cut_short(results.where) if resumable else None
         except (OSError, ValueError) as err:
             raise SpecError("--storage-path", f"cannot use it ({one_line(err)})",
                             storage_path) from None
@@ -179,6 +186,12 @@ class Results:
         if results.finished():
             raise SpecError("--resume", f"that sweep finished; its results are in "
                             f"{results.local}", name)
+        if broken:
+            # Tune would log it and start the whole sweep again in this folder.
+            raise SpecError("--resume", f"Tune's record {broken} in {results.where} is cut "
+                            "short (the sweep was stopped while Tune wrote it), so it cannot "
+                            "go on; nothing was changed: its tables so far are in "
+                            f"{results.local / TRIALS}, and a new --name starts afresh", name)
         return results
 
     def finished(self) -> bool:
@@ -306,6 +319,39 @@ def can_resume(where: str) -> bool:
     from ray import tune
 
     return tune.Tuner.can_restore(where)
+
+
+# Tune's own state at the top of a sweep's folder; it reads the newest (by name) of each.
+TUNE_RECORD = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
+               "basic-variant-state-*.json")
+
+
+def cut_short(where: str) -> str | None:
+    """The name of Tune's first state file at `where` that cannot be read back whole
+    (JSON or a pickle), if one cannot. Written by a sweep before storage.whole_files, a
+    file the copy had begun is empty or cut short when the driver was killed."""
+    import fnmatch
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+
+    filesystem, path = fs.FileSystem.from_uri(where)
+    names = [i.base_name for i in filesystem.get_file_info(fs.FileSelector(path))
+             if i.type == fs.FileType.File]
+    for pattern in TUNE_RECORD:
+        newest = max(fnmatch.filter(names, pattern), default=None)
+        if newest is None:
+            continue
+        with filesystem.open_input_stream(posixpath.join(path, newest)) as f:
+            data = f.readall()
+        try:
+            json.loads(data)
+        except ValueError:
+            try:
+                cloudpickle.loads(data)
+            except (pickle.UnpicklingError, EOFError, ValueError):
+                return newest
+    return None
 
 
 # --- checkpoints --------------------------------------------------------------------

@@ -2,15 +2,19 @@
 
 Tune and Train take a URI storage path themselves (through pyarrow.fs); this
 module checks that a URI results folder is new and copies the local folder
-(spec, trials tables, Optuna study, report, plots) up to it.
+(spec, trials tables, Optuna study, report, plots) up to it. A local (or mounted)
+folder is given to Tune as `whole_files()`, so a driver killed mid-copy leaves no
+file cut short.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from pathlib import Path
 
+import pyarrow as pa
 from pyarrow import fs
 
 
@@ -64,3 +68,97 @@ def download(uri: str, local_dir: Path) -> None:
         if info.type == fs.FileType.File and not dest.exists():
             fs.copy_files(info.path, str(dest), source_filesystem=filesystem,
                           destination_filesystem=fs.LocalFileSystem())
+
+
+def whole_files() -> fs.PyFileSystem:
+    """The local filesystem, but each file written appears whole or not at all.
+
+    Tune copies its record (experiment_state, the searcher's state) from the driver's
+    staging folder over the stored one every few seconds, and pyarrow truncates each
+    file before it writes it. A head node lost mid-copy left them empty, and Tune's
+    resume then starts the sweep afresh. Here each file is written beside its place
+    under a hidden name and renamed over it when closed (rename is atomic on POSIX and
+    NFS), so the stored copy is the last whole one. Object stores (gs://) need none."""
+    return fs.PyFileSystem(_WholeFiles())
+
+
+class _WholeFiles(fs.FileSystemHandler):
+    def __init__(self) -> None:
+        self._fs = fs.LocalFileSystem()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _WholeFiles)
+
+    def __reduce__(self):  # Tune pickles the filesystem into every trial
+        return _WholeFiles, ()
+
+    def open_output_stream(self, path, metadata):
+        return pa.PythonFile(_Renamed(path), mode="w")
+
+    def get_type_name(self):
+        return "local-whole-files"
+
+    def normalize_path(self, path):
+        return self._fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self._fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self._fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self._fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self._fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("will not delete the contents of /")
+
+    def delete_file(self, path):
+        self._fs.delete_file(path)
+
+    def move(self, src, dest):
+        self._fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self._fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self._fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self._fs.open_input_file(path)
+
+    def open_append_stream(self, path, metadata):
+        return self._fs.open_append_stream(path)
+
+
+class _Renamed:
+    """A file written under a hidden name, renamed to `path` once closed whole."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._part = posixpath.join(posixpath.dirname(path),
+                                    f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.part")
+        self._f = open(self._part, "wb")  # noqa: SIM115 - closed in close()
+        self.closed = False
+
+    def write(self, data) -> int:
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._f.close()
+            os.replace(self._part, self.path)

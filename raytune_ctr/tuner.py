@@ -203,7 +203,8 @@ def restore(spec: Spec, where: Results, *, own_cluster: bool, stop: Stop | None 
             tuner = tune.Tuner.restore(where.where,
                                        trainable=_trainable(spec, where, coordinator, flops, gated),
                                        resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)
+                                       restart_errored=False,
+                                       storage_filesystem=where.tune_filesystem)
         except Exception as err:  # noqa: BLE001 - any reason Tune gives is the user's answer
             raise SpecError("--resume", f"Tune cannot restore {where.where} ({one_line(err)})",
                             where.name) from None
@@ -370,7 +371,8 @@ def _run_config(spec: Spec, where: Results, verbose: bool = False):
     except ImportError:  # no tensorboardX: Tune goes without its own too
         pass
     return tune.RunConfig(
-        name=where.name, storage_path=where.tune_storage, verbose=1 if verbose else 0,
+        name=where.name, storage_path=where.tune_storage,
+        storage_filesystem=where.tune_filesystem, verbose=1 if verbose else 0,
         callbacks=callbacks if verbose else [*callbacks, Live(spec)],
         # A trial that fails restarts from its last epoch checkpoint (max_failures
         # times; any error counts, so a diverged trial is tried again, then FAILED).

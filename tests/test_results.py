@@ -208,3 +208,35 @@ def test_a_resume_mends_a_journal_line_cut_short_and_a_stale_lock(tmp_path):
     where.mend_optuna_journal()  # a whole journal is left as it is
     assert [t.value for t in optuna.load_study(
         study_name="cut", storage=where.optuna_storage()).trials] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("broken", ["searcher-state-2026-12-07_08-24-07.pkl",
+                                    "experiment_state-2026-12-07_08-24-07.json", None])
+def test_a_resume_refuses_tunes_record_cut_short_and_changes_nothing(tmp_path, broken):
+    """A head lost while Tune copied its record (before storage.whole_files) left files
+    empty; Tune's resume would log it and run the whole sweep again in the folder."""
+    import ray.cloudpickle as cloudpickle
+
+    where = Results(str(tmp_path), "headloss")
+    where.local.mkdir(parents=True)
+    files = {"spec.yaml": b"name: headloss\n", "tuner.pkl": cloudpickle.dumps({"x": 1}),
+             results.UNFINISHED: b'{"state": "running"}',
+             "experiment_state-2026-12-07_08-24-07.json": b'{"runner_data": {}}',
+             # an older session's: Tune reads only the newest of each kind
+             "experiment_state-2026-12-06_10-00-00.json": b"",
+             "search_gen_state-2026-12-07_08-24-07.json": cloudpickle.dumps({"counter": 4}),
+             "searcher-state-2026-12-07_08-24-07.pkl": cloudpickle.dumps({"_space": {"lr": 1}})}
+    if broken:
+        files[broken] = files[broken][:len(files[broken]) // 2]
+    for name, data in files.items():
+        (where.local / name).write_bytes(data)
+    before = {p.name: p.read_bytes() for p in where.local.iterdir()}
+    if broken is None:
+        assert Results.interrupted(str(tmp_path), "headloss").local == where.local
+        return
+    with pytest.raises(SpecError) as err:
+        Results.interrupted(str(tmp_path), "headloss")
+    line = str(err.value)
+    assert line.startswith(f"--resume: Tune's record {broken} in {where.local} is cut short")
+    assert "\n" not in line and line.endswith("got 'headloss'")
+    assert {p.name: p.read_bytes() for p in where.local.iterdir()} == before

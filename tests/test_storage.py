@@ -1,6 +1,12 @@
 """Results at a URI (gs://bucket/prefix in the cloud): checked with pyarrow's local
 filesystem through file:// URIs, the same code path, since GCS is not reachable here."""
 
+import os
+import subprocess
+import sys
+
+import pytest
+
 from raytune_ctr import storage
 
 
@@ -31,3 +37,55 @@ def test_download_fills_in_a_local_copy_without_overwriting(tmp_path):
     assert (local / "spec.yaml").read_text() == "name: mine\n"
     assert (local / "optuna.db").read_text() == "db"
     assert not (local / "train").exists()  # checkpoints stay where the trials read them
+
+
+WRITER = """
+import sys, time
+from pyarrow import fs
+from raytune_ctr import storage
+filesystem = storage.whole_files() if sys.argv[1] == "whole" else fs.LocalFileSystem()
+f = filesystem.open_output_stream(sys.argv[2])
+f.write(b"new state, half written")
+print("written", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["whole", "plain"])
+def test_a_writer_killed_mid_file_leaves_the_last_whole_copy(tmp_path, how):
+    """What a head node lost while Tune copies its record does: through pyarrow's local
+    filesystem the file holds only the part written (the CI saw it empty), and Tune
+    would start the sweep afresh; through whole_files the last whole copy stays, and
+    the part written is a hidden file."""
+    state = tmp_path / "experiment_state-x.json"
+    state.write_text('{"whole": true}')
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, how, str(state)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "written\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    if how == "whole":
+        assert state.read_text() == '{"whole": true}'
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] \
+            and all(p.suffix == ".part" for p in tmp_path.iterdir() if p != state)
+    else:  # the old copy is gone; what is there is the half written
+        assert state.read_bytes() == b"new state, half written"
+
+
+def test_whole_files_copies_a_folder_and_travels_in_a_pickle(tmp_path):
+    import pickle
+
+    from pyarrow import fs
+
+    src = tmp_path / "src"
+    (src / "checkpoint_000001").mkdir(parents=True)
+    (src / "checkpoint_000001" / "state.pt").write_bytes(os.urandom(1 << 20))
+    (src / "result.json").write_text("{}")
+    filesystem = pickle.loads(pickle.dumps(storage.whole_files()))  # as Tune's trials get it
+    fs.copy_files(str(src), str(tmp_path / "dst"), destination_filesystem=filesystem)
+    got = sorted(p.relative_to(tmp_path / "dst").as_posix() for p in (tmp_path / "dst").rglob("*"))
+    assert got == ["checkpoint_000001", "checkpoint_000001/state.pt", "result.json"]
+    assert (tmp_path / "dst/checkpoint_000001/state.pt").read_bytes() == \
+        (src / "checkpoint_000001/state.pt").read_bytes()

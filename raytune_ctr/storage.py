@@ -139,17 +139,22 @@ class _WholeFiles(fs.FileSystemHandler):
 
 
 class _Renamed:
-    """A file written under a hidden name, renamed to `path` once closed whole."""
+    """A file written under a hidden name, renamed to `path` once closed whole; one
+    whose write failed (a full disk) is removed instead."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._part = posixpath.join(posixpath.dirname(path),
                                     f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.part")
         self._f = open(self._part, "wb")  # noqa: SIM115 - closed in close()
-        self.closed = False
+        self.closed, self._failed = False, False
 
     def write(self, data) -> int:
-        return self._f.write(data)
+        try:
+            return self._f.write(data)
+        except BaseException:
+            self._failed = True
+            raise
 
     def tell(self) -> int:
         return self._f.tell()
@@ -158,7 +163,13 @@ class _Renamed:
         self._f.flush()
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
+        if self.closed:
+            return
+        self.closed = True
+        try:
             self._f.close()
-            os.replace(self._part, self.path)
+            if not self._failed:
+                os.replace(self._part, self.path)
+        finally:
+            if os.path.lexists(self._part):
+                os.unlink(self._part)

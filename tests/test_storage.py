@@ -89,3 +89,25 @@ def test_whole_files_copies_a_folder_and_travels_in_a_pickle(tmp_path):
     assert got == ["checkpoint_000001", "checkpoint_000001/state.pt", "result.json"]
     assert (tmp_path / "dst/checkpoint_000001/state.pt").read_bytes() == \
         (src / "checkpoint_000001/state.pt").read_bytes()
+
+
+FULL = """
+import resource, signal, sys
+from raytune_ctr import storage
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8, 8))  # a write past 8 bytes fails: EFBIG
+try:
+    with storage.whole_files().open_output_stream(sys.argv[1]) as f:
+        f.write(b"a new state longer than the disk allows")
+except OSError as err:
+    print("failed:", err)
+"""
+
+
+def test_a_write_that_fails_leaves_the_last_whole_copy_and_no_part(tmp_path):
+    state = tmp_path / "searcher-state-x.pkl"
+    state.write_text("whole")
+    out = subprocess.run([sys.executable, "-c", FULL, str(state)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.startswith("failed:"), out.stdout + out.stderr
+    assert state.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == [state.name]

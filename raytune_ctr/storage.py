@@ -3,8 +3,8 @@
 Tune and Train take a URI storage path themselves (through pyarrow.fs); this
 module checks that a URI results folder is new and copies the local folder
 (spec, trials tables, Optuna study, report, plots) up to it. A local (or mounted)
-folder is given to Tune as `whole_files()`, so a driver killed mid-copy leaves no
-file cut short.
+folder is given to Tune as `whole_files()`, so a driver killed while Tune copies
+its record over the stored one leaves the last whole copy.
 """
 
 from __future__ import annotations
@@ -71,14 +71,17 @@ def download(uri: str, local_dir: Path) -> None:
 
 
 def whole_files() -> fs.PyFileSystem:
-    """The local filesystem, but each file written appears whole or not at all.
+    """The local filesystem, but a file written over another replaces it whole.
 
     Tune copies its record (experiment_state, the searcher's state) from the driver's
     staging folder over the stored one every few seconds, and pyarrow truncates each
     file before it writes it. A head node lost mid-copy left them empty, and Tune's
-    resume then starts the sweep afresh. Here each file is written beside its place
+    resume then starts the sweep afresh. Here such a file is written beside its place
     under a hidden name and renamed over it when closed (rename is atomic on POSIX and
-    NFS), so the stored copy is the last whole one. Object stores (gs://) need none."""
+    NFS), so the stored copy is the last whole one. A new file (a checkpoint's) is
+    written in place, at native speed: a checkpoint cut short is passed over
+    (newest_checkpoint), a first record cut short is refused by --resume (cut_short).
+    Object stores (gs://) need none: an object appears whole or not at all."""
     return fs.PyFileSystem(_WholeFiles())
 
 
@@ -93,6 +96,8 @@ class _WholeFiles(fs.FileSystemHandler):
         return _WholeFiles, ()
 
     def open_output_stream(self, path, metadata):
+        if not os.path.lexists(path):  # nothing to lose: a checkpoint's files, a first copy
+            return self._fs.open_output_stream(path)
         return pa.PythonFile(_Renamed(path), mode="w")
 
     def get_type_name(self):

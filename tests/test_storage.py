@@ -84,11 +84,15 @@ def test_whole_files_copies_a_folder_and_travels_in_a_pickle(tmp_path):
     (src / "checkpoint_000001" / "state.pt").write_bytes(os.urandom(1 << 20))
     (src / "result.json").write_text("{}")
     filesystem = pickle.loads(pickle.dumps(storage.whole_files()))  # as Tune's trials get it
-    fs.copy_files(str(src), str(tmp_path / "dst"), destination_filesystem=filesystem)
-    got = sorted(p.relative_to(tmp_path / "dst").as_posix() for p in (tmp_path / "dst").rglob("*"))
-    assert got == ["checkpoint_000001", "checkpoint_000001/state.pt", "result.json"]
-    assert (tmp_path / "dst/checkpoint_000001/state.pt").read_bytes() == \
-        (src / "checkpoint_000001/state.pt").read_bytes()
+    for _ in range(2):  # new files, then each over the last
+        fs.copy_files(str(src), str(tmp_path / "dst"), destination_filesystem=filesystem)
+        got = sorted(p.relative_to(tmp_path / "dst").as_posix()
+                     for p in (tmp_path / "dst").rglob("*"))
+        assert got == ["checkpoint_000001", "checkpoint_000001/state.pt", "result.json"]
+        assert (tmp_path / "dst/checkpoint_000001/state.pt").read_bytes() == \
+            (src / "checkpoint_000001/state.pt").read_bytes()
+        (src / "result.json").write_text('{"epoch": 2}')
+    assert (tmp_path / "dst/result.json").read_text() == '{"epoch": 2}'
 
 
 FULL = """

@@ -190,8 +190,7 @@ class Results:
             # Tune would log it and start the whole sweep again in this folder.
             raise SpecError("--resume", f"Tune's record {broken} in {results.where} is cut "
                             "short (the sweep was stopped while Tune wrote it), so it cannot "
-                            "go on; nothing was changed: its tables so far are in "
-                            f"{results.local / TRIALS}, and a new --name starts afresh", name)
+                            "go on; nothing was changed, and a new --name starts afresh", name)
         return results
 
     def finished(self) -> bool:
@@ -321,35 +320,21 @@ def can_resume(where: str) -> bool:
     return tune.Tuner.can_restore(where)
 
 
-# Tune's own state at the top of a sweep's folder; it reads the newest (by name) of each.
-TUNE_RECORD = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
-               "basic-variant-state-*.json")
-
-
 def cut_short(where: str) -> str | None:
-    """The name of Tune's first state file at `where` that cannot be read back whole
-    (JSON or a pickle), if one cannot. Written by a sweep before storage.whole_files, a
-    file the copy had begun is empty or cut short when the driver was killed."""
+    """The name of the newest of a kind of Tune's record at `where` that is not whole
+    (storage.readable), if one is not. Tune reads only that one. A sweep written before
+    storage.whole_files left one empty or cut short when its driver was killed mid-copy."""
     import fnmatch
-    import pickle
-
-    import ray.cloudpickle as cloudpickle
 
     filesystem, path = fs.FileSystem.from_uri(where)
     names = [i.base_name for i in filesystem.get_file_info(fs.FileSelector(path))
              if i.type == fs.FileType.File]
-    for pattern in TUNE_RECORD:
+    for pattern in storage.TUNE_RECORD:
         newest = max(fnmatch.filter(names, pattern), default=None)
         if newest is None:
             continue
         with filesystem.open_input_stream(posixpath.join(path, newest)) as f:
-            data = f.readall()
-        try:
-            json.loads(data)
-        except ValueError:
-            try:
-                cloudpickle.loads(data)
-            except (pickle.UnpicklingError, EOFError, ValueError):
+            if not storage.readable(f.readall()):
                 return newest
     return None
 
@@ -471,7 +456,7 @@ def made_order(trials: list) -> list[int]:
     experiment_tag ("3_lr=0.1"), which Tune keeps through restarts and resumes."""
     def made(i: int) -> tuple[float, int]:
         head = str(getattr(trials[i], "experiment_tag", "") or "").partition("_")[0]
-        return (int(head) if head.isdigit() else float("inf"), i)
+        return (int(head) if head.isdecimal() and head.isascii() else float("inf"), i)
 
     return sorted(range(len(trials)), key=made)
 

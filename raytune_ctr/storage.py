@@ -9,7 +9,10 @@ its record over the stored one leaves the last whole copy.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import pickletools
 import posixpath
 import uuid
 from pathlib import Path
@@ -70,18 +73,45 @@ def download(uri: str, local_dir: Path) -> None:
                           destination_filesystem=fs.LocalFileSystem())
 
 
+# Tune's own state at the top of a sweep's folder, written anew by each session (a
+# resume is one) and copied there every few seconds; it reads the newest of each.
+TUNE_RECORD = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
+               "basic-variant-state-*.json", "callback-states-*.pkl")
+
+
+def is_record(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in TUNE_RECORD)
+
+
+def readable(data: bytes) -> bool:
+    """Whether a record file holds one whole JSON document or pickle (Tune writes both
+    under .json names). The pickle is walked, not loaded: nothing in it runs."""
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        for _ in pickletools.genops(data):
+            pass
+        return bool(data)
+    except ValueError:
+        return False
+
+
 def whole_files() -> fs.PyFileSystem:
-    """The local filesystem, but a file written over another replaces it whole.
+    """The local filesystem, but Tune's record there is only ever replaced whole.
 
     Tune copies its record (experiment_state, the searcher's state) from the driver's
-    staging folder over the stored one every few seconds, and pyarrow truncates each
+    staging folder to the stored one every few seconds, and pyarrow truncates each
     file before it writes it. A head node lost mid-copy left them empty, and Tune's
-    resume then starts the sweep afresh. Here such a file is written beside its place
-    under a hidden name and renamed over it when closed (rename is atomic on POSIX and
-    NFS), so the stored copy is the last whole one. A new file (a checkpoint's) is
-    written in place, at native speed: a checkpoint cut short is passed over
-    (newest_checkpoint), a first record cut short is refused by --resume (cut_short).
-    Object stores (gs://) need none: an object appears whole or not at all."""
+    resume then starts the sweep afresh. Here a file is written beside its place under
+    a hidden name, and renamed over it when closed (rename is atomic on POSIX and NFS)
+    if it is whole: a record file must parse (Tune rewrites its staging copy in place,
+    so a copy can catch it half written) and is synced to disk first. A new file in a
+    checkpoint folder is written in place, at native speed: a checkpoint cut short is
+    passed over (results.newest_checkpoint). Object stores (gs://) need none of this:
+    an object appears whole or not at all."""
     return fs.PyFileSystem(_WholeFiles())
 
 
@@ -96,9 +126,10 @@ class _WholeFiles(fs.FileSystemHandler):
         return _WholeFiles, ()
 
     def open_output_stream(self, path, metadata):
-        if not os.path.lexists(path):  # nothing to lose: a checkpoint's files, a first copy
+        folder = posixpath.basename(posixpath.dirname(path))
+        if folder.startswith("checkpoint_") and not os.path.lexists(path):
             return self._fs.open_output_stream(path)
-        return pa.PythonFile(_Renamed(path), mode="w")
+        return pa.PythonFile(_Renamed(path, is_record(posixpath.basename(path))), mode="w")
 
     def get_type_name(self):
         return "local-whole-files"
@@ -144,19 +175,24 @@ class _WholeFiles(fs.FileSystemHandler):
 
 
 class _Renamed:
-    """A file written under a hidden name, renamed to `path` once closed whole; one
-    whose write failed (a full disk) is removed instead."""
+    """A file written under a hidden name and renamed to `path` once closed whole. One
+    whose write failed, a record that does not parse, or one dropped unclosed (pyarrow
+    drops the stream of a copy that failed) is removed instead."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, record: bool) -> None:
+        self.path, self._record = path, record
         self._part = posixpath.join(posixpath.dirname(path),
                                     f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.part")
-        self._f = open(self._part, "wb")  # noqa: SIM115 - closed in close()
+        # Unbuffered: a write that fails (a full disk) fails here, not in a later flush.
+        self._f = open(self._part, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         self.closed, self._failed = False, False
 
     def write(self, data) -> int:
         try:
-            return self._f.write(data)
+            view, done = memoryview(data), 0
+            while done < len(view):
+                done += self._f.write(view[done:])
+            return done
         except BaseException:
             self._failed = True
             raise
@@ -165,16 +201,27 @@ class _Renamed:
         return self._f.tell()
 
     def flush(self) -> None:
-        self._f.flush()
+        pass
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         try:
-            self._f.close()
-            if not self._failed:
+            whole = not self._failed
+            if whole and self._record:
+                os.fsync(self._f.fileno())  # the record survives the host's reboot too
+                with open(self._part, "rb") as f:
+                    whole = readable(f.read())
+            if whole:
+                self._f.close()
                 os.replace(self._part, self.path)
         finally:
+            self._f.close()
             if os.path.lexists(self._part):
                 os.unlink(self._part)
+
+    def __del__(self) -> None:
+        if not self.closed:
+            self._failed = True
+            self.close()

@@ -1,11 +1,17 @@
 """Results at a URI (gs://bucket/prefix in the cloud): checked with pyarrow's local
-filesystem through file:// URIs, the same code path, since GCS is not reachable here."""
+filesystem through file:// URIs, the same code path, since GCS is not reachable here.
+And whole_files, the local filesystem Tune writes through: killed writers, failed
+writes and half-written records leave the last whole copy."""
 
+import json
 import os
+import pickle
+import select
 import subprocess
 import sys
 
 import pytest
+from pyarrow import fs
 
 from raytune_ctr import storage
 
@@ -62,7 +68,8 @@ def test_a_writer_killed_mid_file_leaves_the_last_whole_copy(tmp_path, how):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, how, str(state)],
                             stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline() == "written\n"
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready and proc.stdout.readline() == "written\n"
     finally:
         proc.kill()
         proc.wait()
@@ -75,10 +82,6 @@ def test_a_writer_killed_mid_file_leaves_the_last_whole_copy(tmp_path, how):
 
 
 def test_whole_files_copies_a_folder_and_travels_in_a_pickle(tmp_path):
-    import pickle
-
-    from pyarrow import fs
-
     src = tmp_path / "src"
     (src / "checkpoint_000001").mkdir(parents=True)
     (src / "checkpoint_000001" / "state.pt").write_bytes(os.urandom(1 << 20))
@@ -115,3 +118,51 @@ def test_a_write_that_fails_leaves_the_last_whole_copy_and_no_part(tmp_path):
                          text=True, timeout=60)
     assert out.stdout.startswith("failed:"), out.stdout + out.stderr
     assert state.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == [state.name]
+
+
+FULL_COPY = """
+import resource, signal, sys
+from pyarrow import fs
+from raytune_ctr import storage
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+    fs.copy_files(sys.argv[1], sys.argv[2], destination_filesystem=storage.whole_files())
+except OSError as err:
+    print("failed:", err)
+"""
+
+
+def test_a_copy_that_fails_leaves_the_stored_record_and_no_part(tmp_path):
+    """pyarrow drops the stream of a copy that failed without closing it: the part
+    written goes all the same."""
+    staged, stored = tmp_path / "staged", tmp_path / "stored"
+    staged.mkdir()
+    stored.mkdir()
+    (staged / "experiment_state-s1.json").write_text(json.dumps({"trials": "x" * 5000}))
+    (stored / "experiment_state-s1.json").write_text('{"trials": "before"}')
+    out = subprocess.run([sys.executable, "-c", FULL_COPY, str(staged), str(stored)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("failed:"), out.stdout + out.stderr
+    assert [p.name for p in stored.iterdir()] == ["experiment_state-s1.json"]
+    assert (stored / "experiment_state-s1.json").read_text() == '{"trials": "before"}'
+
+
+def test_a_record_caught_half_written_is_not_stored(tmp_path):
+    """Tune rewrites its staging record in place, so a copy can read it half written:
+    that copy keeps the last whole one, and a first one that is not whole is not made."""
+    staged, stored = tmp_path / "staged", tmp_path / "stored"
+    staged.mkdir()
+    stored.mkdir()
+    (stored / "experiment_state-s1.json").write_text('{"whole": 1}')
+    (staged / "experiment_state-s1.json").write_text('{"whole": 2, "tri')
+    (staged / "searcher-state-s1.pkl").write_bytes(pickle.dumps({"space": [1, 2]})[:-3])
+    (staged / "spec.yaml").write_text("name: x\n")  # not Tune's record: copied as it is
+    fs.copy_files(str(staged), str(stored), destination_filesystem=storage.whole_files())
+    assert sorted(p.name for p in stored.iterdir()) == ["experiment_state-s1.json", "spec.yaml"]
+    assert (stored / "experiment_state-s1.json").read_text() == '{"whole": 1}'
+    (staged / "experiment_state-s1.json").write_text('{"whole": 2}')
+    (staged / "searcher-state-s1.pkl").write_bytes(pickle.dumps({"space": [1, 2]}))
+    fs.copy_files(str(staged), str(stored), destination_filesystem=storage.whole_files())
+    assert (stored / "experiment_state-s1.json").read_text() == '{"whole": 2}'
+    assert pickle.loads((stored / "searcher-state-s1.pkl").read_bytes()) == {"space": [1, 2]}

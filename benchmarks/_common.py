@@ -36,6 +36,16 @@ def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
     return df, wall
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """This machine's (busy, all) CPU-seconds since boot, every core, from /proc/stat;
+    guest time is inside user's. Busy leaves out idle and iowait."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    tick = os.sysconf("SC_CLK_TCK")
+    return busy / tick, (busy + idle + iowait) / tick
+
+
 def sweep_command(tmp: str, *args: str) -> tuple[list[str], dict, Path]:
     """`python experiments/sweep.py ARGS` as a user types it, run from the repository,
     its results (`tmp`/results/run) and trace stamps in `tmp`: (the command, its

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _common import SMOKE, emit, phases, sweep_command
+from _common import SMOKE, cpu_seconds, emit, phases, sweep_command
 
 ROOT = Path(__file__).resolve().parent.parent
 # Driver phases in the order a sweep passes them; each row is the time to reach it.
@@ -41,17 +41,11 @@ class Busy(threading.Thread):
         super().__init__(daemon=True)
         self.every, self.stop, self.samples = every, threading.Event(), []
 
-    @staticmethod
-    def _read() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]  # guest time is in user's
-        return sum(v), v[3] + v[4]  # all, idle + iowait
-
     def run(self) -> None:
-        prev = self._read()
+        prev = cpu_seconds()
         while not self.stop.wait(self.every):
-            cur = self._read()
-            busy = 1 - (cur[1] - prev[1]) / max(1, cur[0] - prev[0])
+            cur = cpu_seconds()
+            busy = (cur[0] - prev[0]) / max(1e-9, cur[1] - prev[1])
             self.samples.append((time.time(), round(busy, 2)))
             prev = cur
 

@@ -38,13 +38,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def machine_cpu_s() -> float:
-    """CPU-seconds this machine has spent busy since boot (all cores)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / TICK
-
-
 class ProcessSampler(threading.Thread):
     """Every process that appears while running: title, first/last seen, CPU-seconds."""
 
@@ -165,18 +158,18 @@ def actors_by_class() -> dict:
 
 
 def measure(spec_map: dict, trace: Path) -> dict:
-    from _common import sweep
+    from _common import cpu_seconds, sweep
 
     stamps = _stamps_callback()
     with_callback(stamps)
     sampler = ProcessSampler()
-    cpu0, t0, me0 = machine_cpu_s(), time.time(), sum(os.times()[:2])
+    cpu0, t0, me0 = cpu_seconds()[0], time.time(), sum(os.times()[:2])
     stamps.t0 = t0
     sampler.start()
     df, wall = sweep(spec_map)
     sampler.stop.set()
     sampler.join()
-    cpu = machine_cpu_s() - cpu0
+    cpu = cpu_seconds()[0] - cpu0
     driver_cpu = sum(os.times()[:2]) - me0
 
     import ray

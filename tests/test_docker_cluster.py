@@ -164,6 +164,46 @@ def test_cpuset_layout_passes_to_docker():
         _docker_args({"cpus": 0}, "w")
 
 
+def test_files_go_to_the_nodes_home_and_back(engine, tmp_path):
+    """`ray rsync-up`/`submit` put a file under ~ as the node's shell reads it, owned by
+    its user; `rsync-down` brings it back."""
+    from raytune_ctr.cluster.docker_provider import DockerExecRunner
+
+    src = tmp_path / "hello.py"
+    src.write_text("print('hi')\n")
+    node = engine.containers.run(IMAGE, ["sleep", "infinity"], name=f"rtc-home-{os.getpid()}",
+                                 detach=True, init=True)
+    try:
+        runner = DockerExecRunner(engine, node.name)
+        runner.run_rsync_up(str(src), "~/sub/hello.py")
+        out = runner.run("stat -c %u ~/sub/hello.py && id -u && python ~/sub/hello.py",
+                         with_output=True).decode().split()
+        assert out[0] == out[1] and out[2] == "hi", out
+        runner.run_rsync_down("~/sub/hello.py", str(tmp_path / "back.py"))
+        assert (tmp_path / "back.py").read_text() == src.read_text()
+    finally:
+        node.remove(force=True)
+
+
+def test_a_node_that_cannot_say_its_home_is_an_error_not_a_file_put_elsewhere(tmp_path):
+    """An exec that fails (Docker answers with its exit code and message, it does not
+    raise) must not become the path a file is put under."""
+    from types import SimpleNamespace
+
+    from raytune_ctr.cluster.docker_provider import DockerExecRunner
+
+    put = []
+    failed = SimpleNamespace(exit_code=126, output=b"OCI runtime exec failed: exec failed")
+    node = SimpleNamespace(exec_run=lambda cmd: failed,
+                           put_archive=lambda dest, data: put.append(dest) or True)
+    client = SimpleNamespace(containers=SimpleNamespace(get=lambda name: node))
+    src = tmp_path / "nodes.py"
+    src.write_text("x = 1\n")
+    with pytest.raises(RuntimeError, match=r"could not read the node user's home .*exit code 126"):
+        DockerExecRunner(client, "head").run_rsync_up(str(src), "~/nodes.py")
+    assert put == []
+
+
 OWN_NETS = """
 from torch import nn
 

@@ -329,19 +329,25 @@ class DockerExecRunner(CommandRunnerInterface):
     def __init__(self, client: docker.DockerClient, container: str, log_prefix: str = "",
                  on_head=None):
         self.client, self.container, self.log_prefix = client, container, log_prefix
-        self._home: str | None = None
         self._on_head = on_head  # the provider's ensure_workers, for the head's runner
 
     def _c(self):
         return self.client.containers.get(self.container)
 
-    def home(self) -> str:
-        if self._home is None:
-            self._home = self._c().exec_run(["sh", "-c", "printf %s \"$HOME\""]).output.decode()
-        return self._home
+    def _user(self) -> tuple[str, int, int]:
+        """The node user's home, uid and gid, asked of the node each time: the head
+        may have been replaced since (`ray up` after a lost head). A failed or empty
+        answer is an error here, not a file put under / and missing later."""
+        res = self._c().exec_run(["sh", "-c", 'printf "%s\\n" "$HOME"; id -u; id -g'])
+        lines = res.output.decode(errors="replace").splitlines()
+        if res.exit_code or len(lines) != 3 or not lines[0].startswith("/"):
+            raise RuntimeError(f"{self.container}: could not read the node user's home and "
+                               f"ids (exit code {res.exit_code}): {lines!r}")
+        return lines[0], int(lines[1]), int(lines[2])
 
-    def _path(self, path: str) -> str:
-        return self.home() + path[1:] if path.startswith("~") else path
+    @staticmethod
+    def _path(path: str, home: str) -> str:
+        return home + path[1:] if path.startswith("~") else path
 
     def run(self, cmd=None, timeout=120, exit_on_fail=False, port_forward=None,
             with_output=False, environment_variables=None, run_env="auto",
@@ -375,20 +381,22 @@ class DockerExecRunner(CommandRunnerInterface):
         return b"".join(out) if with_output else None
 
     def run_rsync_up(self, source: str, target: str, options=None) -> None:
-        uid, gid = self._c().exec_run(["sh", "-c", "id -u; id -g"]).output.decode().split()
+        home, uid, gid = self._user()
         exclude = _tar.excluding((options or {}).get("rsync_exclude"))
 
         def owned(info):  # put_archive keeps the tar's owners: make them the node's user
             if exclude(info) is None:
                 return None
-            info.uid, info.gid, info.uname, info.gname = int(uid), int(gid), "", ""
+            info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
             return info
-        data, dest = _tar.pack(source, self._path(target), owned)
+        data, dest = _tar.pack(source, self._path(target, home), owned)
         self.run(f"mkdir -p {shlex.quote(dest)}", silent=True)
-        self._c().put_archive(dest, data)
+        if not self._c().put_archive(dest, data):
+            raise RuntimeError(f"{self.container}: Docker did not unpack {source} in {dest}")
 
     def run_rsync_down(self, source: str, target: str, options=None) -> None:
-        stream, stat = self._c().get_archive(self._path(source).rstrip("/"))
+        home = self._user()[0] if source.startswith("~") else ""
+        stream, stat = self._c().get_archive(self._path(source, home).rstrip("/"))
         _tar.unpack(b"".join(stream), stat["name"], target,
                     _tar.excluding((options or {}).get("rsync_exclude")))
 

@@ -29,7 +29,9 @@ def sweep_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help=f"study YAML (default: {DEFAULT_CONFIG})")
     p.add_argument("--smoke", action="store_true", help="two configs, 1 epoch, 512 samples")
     p.add_argument("--address", default=None,
-                   help="join this Ray cluster (auto, or host:port on the head); default: start one here")
+                   help="join this Ray cluster (auto, or host:port on the head); default, as "
+                   "ray.init: $RAY_ADDRESS, else a cluster `ray start` left on this machine, "
+                   "else start one here (local: always start one)")
     p.add_argument("--storage-path", default=os.environ.get("RAYTUNE_CTR_STORAGE", LOCAL_RESULTS),
                    help="parent of results folders: a path or a URI such as gs://bucket/prefix, "
                    f"then with a local copy in {LOCAL_RESULTS}/ (default: $RAYTUNE_CTR_STORAGE "

@@ -175,26 +175,23 @@ def prepare_data(spec: Spec) -> str:
 
 
 def connect(address: str | None, verbose: bool = False, code: str | None = None) -> bool:
-    """Start a Ray here (address None) or join one; True when this process started it.
-    Joining a Ray already connected in this process is a no-op. `code`, the spec's
-    folder of the user's own code, reaches every worker: on a local Ray through
-    PYTHONPATH, on a cluster through the job's runtime_env (uploaded once)."""
+    """Start a Ray here or join one, where ray.init would (`ray_address`); True when
+    this process started it. Joining a Ray already connected in this process is a
+    no-op. `code`, the spec's folder of the user's own code, reaches every worker: on
+    a Ray started here through PYTHONPATH, on a joined one through the job's
+    runtime_env (uploaded once)."""
     import ray
 
     from raytune_ctr import usercode
 
     if ray.is_initialized():
         return False
-    if address is not None and address.startswith("ray://"):
-        # With Ray client, Tune's loop and its callbacks run on the head, where this
-        # folder and these signal handlers are not.
-        raise SpecError("--address", "Ray client (ray://) is not supported; run the sweep "
-                        "on the cluster (ray submit, ray job submit) with --address auto",
-                        address)
-    if address is not None:
-        _probe(address)
+    joined, key = ray_address(address)
+    named = os.environ["RAY_ADDRESS"] if key == "RAY_ADDRESS" else address or joined
+    if joined is not None:
+        _probe(joined, key, named)
     runtime_env = None
-    if address is None:
+    if joined is None:
         # A local Ray's processes inherit this environment. A job runtime_env would
         # keep trials off the worker processes ray.init prestarts (theirs differs).
         for k, v in LOCAL_ENV.items():
@@ -206,22 +203,48 @@ def connect(address: str | None, verbose: bool = False, code: str | None = None)
     try:
         # The dashboard stays on: Train's PlacementGroupCleaner asks its state API
         # whether a pool's controller is gone, and without it a pool whose driver
-        # died leaks its workers' placement group.
+        # died leaks its workers' placement group. The address goes as given, not
+        # resolved: Ray turns on token auth for a cluster it finds ("auto") only.
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise SpecError("--address", f"cannot reach a Ray cluster there ({one_line(err)})",
-                        address) from None
-    return address is None
+        raise SpecError(key, f"cannot reach a Ray cluster there ({one_line(err)})",
+                        named) from None
+    return joined is None
 
 
-def _probe(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a host:port nothing listens on: ray.init would wait minutes for its GCS."""
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", "local" and the like: Ray resolves and reports those itself
+def ray_address(address: str | None) -> tuple[str | None, str]:
+    """The cluster ray.init(address) joins, by Ray's own rule, and the setting that
+    names it: `--address`; else RAY_ADDRESS (a `ray job submit` driver has it set);
+    else the cluster `ray start` last started on this machine. None: ray.init starts
+    a Ray here (no address, or "local")."""
+    from ray._private import services  # ray.init's own resolution, not a copy of it
+
+    env = os.environ.get("RAY_ADDRESS")
+    key = "RAY_ADDRESS" if env and address in (None, "auto") else "--address"
+    given = env if key == "RAY_ADDRESS" else address
+    if given is not None and given.startswith("ray://"):
+        # With Ray client, Tune's loop and its callbacks run on the head, where this
+        # folder and these signal handlers are not.
+        raise SpecError(key, "Ray client (ray://) is not supported; run the sweep "
+                        "on the cluster (ray submit, ray job submit) with --address auto",
+                        given)
+    try:
+        joined = services.canonicalize_bootstrap_address(address)  # type: ignore[arg-type]
+    except (ConnectionError, ValueError) as err:  # "auto" with no cluster; a bad address
+        raise SpecError(key, f"cannot reach a Ray cluster there ({one_line(err)})",
+                        given) from None
+    if joined is not None and given is None:
+        log.info("joining the Ray cluster `ray start` left at %s (--address local starts "
+                 "one here instead)", joined)
+    return joined, key
+
+
+def _probe(address: str, key: str, named: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a host:port nothing listens on: ray.init would wait minutes for its
+    GCS. `named`: the address as the user gave it (Ray's is the node's own IP)."""
+    host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
-        raise SpecError("--address", f"cannot reach a Ray cluster there ({err.strerror or err})",
-                        address) from None
+        raise SpecError(key, f"cannot reach a Ray cluster there ({err.strerror or err})",
+                        named) from None

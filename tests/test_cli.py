@@ -205,6 +205,23 @@ def test_unreachable_ray_address_fails_fast(sweep, write_spec, tmp_path):
     assert not out.exists()
 
 
+def test_unreachable_ray_address_in_the_environment_fails_fast_naming_it(
+        sweep, write_spec, tmp_path, monkeypatch):
+    """No --address, as `ray job submit` runs a driver: Ray would join RAY_ADDRESS, so
+    the sweep checks that one, and names it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    out = tmp_path / "results"
+    proc = sweep("--config", write_spec({}), "--storage-path", out)
+    assert_one_line_error(proc, "RAY_ADDRESS: cannot reach a Ray cluster there",
+                          f"'127.0.0.1:{port}'")
+    assert not out.exists()
+
+
 def test_corrupt_dataset_file_exits_2_naming_the_file(sweep, write_spec, write_idx, tmp_path):
     """A truncated IDX file (an interrupted download) is found before Ray starts."""
     import numpy as np

@@ -20,7 +20,8 @@ from raytune_ctr.results import Results
 
 def sweep(spec_map: dict) -> tuple[pd.DataFrame, float]:
     """Run a spec (a mapping) to completion the way the CLI does (`sweep.run`), on the
-    local Ray (started on first use, kept for the next); return (trials table, wall
+    Ray the CLI would use with no --address (one started here on first use, and kept for
+    the next, unless RAY_ADDRESS or `ray start` names one); return (trials table, wall
     seconds of the sweep: trials, pools, tables and report)."""
     spec = checks.from_dict(spec_map)
     with tempfile.TemporaryDirectory() as tmp:

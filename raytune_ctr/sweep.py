@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -186,8 +187,7 @@ def connect(address: str | None, verbose: bool = False, code: str | None = None)
 
     if ray.is_initialized():
         return False
-    joined, key = ray_address(address)
-    named = os.environ["RAY_ADDRESS"] if key == "RAY_ADDRESS" else address or joined
+    joined, key, named = ray_address(address)
     if joined is not None:
         _probe(joined, key, named)
     runtime_env = None
@@ -198,7 +198,11 @@ def connect(address: str | None, verbose: bool = False, code: str | None = None)
             os.environ.setdefault(k, v)  # the user's setting wins
         usercode.local_env(code)
     else:
-        runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in CLUSTER_ENV.items()}}
+        # Under `ray job submit` the job's env_vars are in this environment already, and
+        # Ray refuses to merge a key set twice: those are left to the job.
+        job = _job_runtime_env()
+        runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in CLUSTER_ENV.items()
+                                    if k not in (job.get("env_vars") or {})}}
         runtime_env |= usercode.runtime_env(code)
     try:
         # The dashboard stays on: Train's PlacementGroupCleaner asks its state API
@@ -206,45 +210,80 @@ def connect(address: str | None, verbose: bool = False, code: str | None = None)
         # died leaks its workers' placement group. The address goes as given, not
         # resolved: Ray turns on token auth for a cluster it finds ("auto") only.
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except ValueError as err:
+        if "Failed to merge the Job's runtime env" not in str(err):
+            raise SpecError(key, f"cannot reach a Ray cluster there ({one_line(err)})",
+                            named) from None
+        # `ray job submit --working-dir` beside the code: folder, which ships as one.
+        raise SpecError("code" if code else key, "this Ray job has a working_dir of its own "
+                        "(ray job submit --working-dir) and Ray takes one per job, while the "
+                        "sweep ships the code: folder as it; submit without --working-dir, or "
+                        "set RAY_OVERRIDE_JOB_RUNTIME_ENV=1 for code: to win",
+                        code if code else named) from None
+    except (ConnectionError, RuntimeError) as err:
         raise SpecError(key, f"cannot reach a Ray cluster there ({one_line(err)})",
                         named) from None
     return joined is None
 
 
-def ray_address(address: str | None) -> tuple[str | None, str]:
-    """The cluster ray.init(address) joins, by Ray's own rule, and the setting that
-    names it: `--address`; else RAY_ADDRESS (a `ray job submit` driver has it set);
-    else the cluster `ray start` last started on this machine. None: ray.init starts
-    a Ray here (no address, or "local")."""
+def _job_runtime_env() -> dict:
+    """The runtime_env `ray job submit` gave this driver's job (Ray hands it over in
+    the environment, and ray.init merges it with the driver's); {} outside a job."""
+    from ray.job_config import JobConfig
+
+    found = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # ray_constants' name for it
+    try:
+        return dict(JobConfig.from_json(json.loads(found)).runtime_env or {}) if found else {}
+    except (ValueError, TypeError, AttributeError):  # not ours to judge: ray.init will
+        return {}
+
+
+def ray_address(address: str | None) -> tuple[str | None, str, str | None]:
+    """The cluster ray.init(address) joins, by Ray's own rule; None when it starts a
+    Ray here (no address, or "local"). With the setting that names it and its value
+    as the user gave it: `--address`; else RAY_ADDRESS (a `ray job submit` driver
+    has it set); else the cluster `ray start` last started on this machine."""
     from ray._private import services  # ray.init's own resolution, not a copy of it
 
     env = os.environ.get("RAY_ADDRESS")
     key = "RAY_ADDRESS" if env and address in (None, "auto") else "--address"
     given = env if key == "RAY_ADDRESS" else address
-    if given is not None and given.startswith("ray://"):
-        # With Ray client, Tune's loop and its callbacks run on the head, where this
-        # folder and these signal handlers are not.
-        raise SpecError(key, "Ray client (ray://) is not supported; run the sweep "
-                        "on the cluster (ray submit, ray job submit) with --address auto",
+    if given is not None and "://" in given:
+        # ray.init takes any scheme for Ray client. With it, Tune's loop and its
+        # callbacks run on the head, where this folder and these signal handlers are not.
+        raise SpecError(key, "a Ray client address (ray://) is not supported, nor the "
+                        "Jobs API's (http://); run the sweep on the cluster (ray submit, "
+                        "ray job submit) with --address auto, or give the head's host:port",
                         given)
+    getattr(services.find_gcs_addresses, "cache_clear", lambda: None)()  # as ray.init does
     try:
         joined = services.canonicalize_bootstrap_address(address)  # type: ignore[arg-type]
     except (ConnectionError, ValueError) as err:  # "auto" with no cluster; a bad address
         raise SpecError(key, f"cannot reach a Ray cluster there ({one_line(err)})",
                         given) from None
-    if joined is not None and given is None:
+    if joined is not None and given in (None, "auto"):
+        from ray._common.utils import get_ray_address_file
+
+        # No setting named it: the file `ray start` leaves for ray.init to find.
         log.info("joining the Ray cluster `ray start` left at %s (--address local starts "
                  "one here instead)", joined)
-    return joined, key
+        return joined, f"{get_ray_address_file(None)} (left by `ray start`)", joined
+    return joined, key, given
 
 
 def _probe(address: str, key: str, named: str | None, timeout: float = 5.0) -> None:
     """Fail fast on a host:port nothing listens on: ray.init would wait minutes for its
     GCS. `named`: the address as the user gave it (Ray's is the node's own IP)."""
-    host, _, port = address.rpartition(":")
+    from ray._private.services import parse_address
+
+    host, port = parse_address(address) or (address, "")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SpecError(key, "expected host:port (the head's GCS port, 6379 by default)",
+                        named)
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
-        raise SpecError(key, f"cannot reach a Ray cluster there ({err.strerror or err})",
+        hint = ("; `ray stop` forgets it, or --address local starts a Ray here"
+                if "ray start" in key else "")
+        raise SpecError(key, f"cannot reach a Ray cluster there ({err.strerror or err}){hint}",
                         named) from None

@@ -222,6 +222,12 @@ def test_unreachable_ray_address_in_the_environment_fails_fast_naming_it(
     assert not out.exists()
 
 
+def test_an_address_without_a_port_is_one_line(sweep, write_spec, tmp_path):
+    proc = sweep("--config", write_spec({}), "--address", "127.0.0.1:abc",
+                 "--storage-path", tmp_path / "results")
+    assert_one_line_error(proc, "--address: expected host:port", "'127.0.0.1:abc'")
+
+
 def test_corrupt_dataset_file_exits_2_naming_the_file(sweep, write_spec, write_idx, tmp_path):
     """A truncated IDX file (an interrupted download) is found before Ray starts."""
     import numpy as np

@@ -210,17 +210,14 @@ def connect(address: str | None, verbose: bool = False, code: str | None = None)
         # died leaks its workers' placement group. The address goes as given, not
         # resolved: Ray turns on token auth for a cluster it finds ("auto") only.
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
-    except ValueError as err:
-        if "Failed to merge the Job's runtime env" not in str(err):
-            raise SpecError(key, f"cannot reach a Ray cluster there ({one_line(err)})",
-                            named) from None
-        # `ray job submit --working-dir` beside the code: folder, which ships as one.
-        raise SpecError("code" if code else key, "this Ray job has a working_dir of its own "
-                        "(ray job submit --working-dir) and Ray takes one per job, while the "
-                        "sweep ships the code: folder as it; submit without --working-dir, or "
-                        "set RAY_OVERRIDE_JOB_RUNTIME_ENV=1 for code: to win",
-                        code if code else named) from None
-    except (ConnectionError, RuntimeError) as err:
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        if "Failed to merge the Job's runtime env" in str(err):
+            # `ray job submit --working-dir` beside the code: folder, which ships as one.
+            raise SpecError("code" if code else key, "this Ray job has a working_dir of its "
+                            "own (ray job submit --working-dir) and Ray takes one per job, "
+                            "while the sweep ships the code: folder as it; submit without "
+                            "--working-dir, or set RAY_OVERRIDE_JOB_RUNTIME_ENV=1 for code: "
+                            "to win", code if code else named) from None
         raise SpecError(key, f"cannot reach a Ray cluster there ({one_line(err)})",
                         named) from None
     return joined is None

@@ -209,11 +209,9 @@ def test_unreachable_ray_address_in_the_environment_fails_fast_naming_it(
         sweep, write_spec, tmp_path, monkeypatch):
     """No --address, as `ray job submit` runs a driver: Ray would join RAY_ADDRESS, so
     the sweep checks that one, and names it."""
-    import socket
+    from _cluster import free_port  # benchmarks/, on pytest's pythonpath
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # free a moment ago
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
     out = tmp_path / "results"
     proc = sweep("--config", write_spec({}), "--storage-path", out)

@@ -26,31 +26,21 @@ import argparse
 import collections
 import os
 import sys
-import tempfile
 import threading
 import time
 import tracemalloc
 from pathlib import Path
 
-from _cluster import Head
 from _common import SMOKE, emit
-from load import spec
+from load import _rss_mb, on_head, trials_done
 
-from raytune_ctr import checks, writeup
 from raytune_ctr import sweep as sweep_lib
-from raytune_ctr.results import Results
+from raytune_ctr import writeup
 
 DECIDERS = (("raytune_ctr", f"{os.sep}raytune_ctr{os.sep}"), ("ray", f"{os.sep}ray{os.sep}"),
             ("optuna", f"{os.sep}optuna{os.sep}"))
 HELPERS = (("pandas", f"{os.sep}pandas{os.sep}"), ("pyarrow", f"{os.sep}pyarrow{os.sep}"))
 DEPTH = 12  # frames kept per allocation: past pandas' own; more slows the driver
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def owner(tb: tracemalloc.Traceback) -> tuple[str, str]:
@@ -75,7 +65,7 @@ class Point:
 
     def __init__(self, name: str, trials: int):
         self.name, self.trials = name, trials
-        self.rss_mb = _rss_mb() - tracemalloc.get_tracemalloc_memory() / 2**20
+        self.rss_mb = (_rss_mb(os.getpid()) or float("nan")) - tracemalloc.get_tracemalloc_memory() / 2**20
         self.heap: collections.Counter = collections.Counter()
         # Not this script's own allocations (the watcher, these counters).
         ours = [tracemalloc.Filter(False, __file__), tracemalloc.Filter(False, tracemalloc.__file__)]
@@ -128,29 +118,21 @@ def main() -> int:
         return path
 
     writeup.build = traced_build
-    head = Head(args.cpus)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            s = checks.from_dict(spec(args))
-            where = Results(tmp, s.name)
-            sweep_lib.prepare_data(s)
-            sweep_lib.connect(head.address)
-            tracemalloc.start(DEPTH)
-            done = threading.Event()
-            watcher = threading.Thread(target=_watch, args=(
-                where.local / "trials.parquet", marks, points, done), daemon=True)
-            watcher.start()
-            t0 = time.perf_counter()
-            df = sweep_lib.run(s, where, address=head.address).trials
-            wall = time.perf_counter() - t0
-            done.set()
-            watcher.join()
-            tracemalloc.stop()
-            import ray
+    with on_head(args) as (s, where, head):
+        tracemalloc.start(DEPTH)
+        done = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(
+            where.local / "trials.parquet", marks, points, done), daemon=True)
+        watcher.start()
+        t0 = time.perf_counter()
+        df = sweep_lib.run(s, where, address=head.address).trials
+        wall = time.perf_counter() - t0
+        done.set()
+        watcher.join()
+        tracemalloc.stop()
+        import ray
 
-            ray.shutdown()
-    finally:
-        head.stop()
+        ray.shutdown()
     n = int(df["trial_index"].nunique())
     got = [points[k] for k in (f"trials_{m}" for m in marks) if k in points]
     windows = []
@@ -166,15 +148,10 @@ def main() -> int:
 
 def _watch(table: Path, marks: list[int], points: dict, done: threading.Event) -> None:
     """A snapshot the first time the trials table holds each count in `marks`."""
-    import pandas as pd
-
     left = list(marks)
     while left and not done.wait(0.5):
-        try:
-            n = int(pd.read_parquet(table, columns=["trial_index"])["trial_index"].nunique())
-        except Exception:  # noqa: BLE001 - not written yet, or being replaced
-            continue
-        while left and n >= left[0]:
+        n = trials_done(table)
+        while left and n is not None and n >= left[0]:
             points[f"trials_{left[0]}"] = Point(f"trials_{left[0]}", n)
             left.pop(0)
 

@@ -24,6 +24,7 @@ Exits 1 when a trial is lost or failed or anything is left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -61,6 +62,34 @@ def _pid_of(fragment: str) -> int | None:
     return None
 
 
+def trials_done(table: Path) -> int | None:
+    """Trials in the results table so far (written as each trial ends); None before
+    it is written, or while it is replaced."""
+    import pandas as pd
+
+    try:
+        return int(pd.read_parquet(table, columns=["trial_index"])["trial_index"].nunique())
+    except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        return None
+
+
+@contextlib.contextmanager
+def on_head(args):
+    """The sweep's spec and a new results folder, its data ready, this driver joined
+    to a Ray head of its own that outlives the sweep (stopped after): (spec, folder,
+    head)."""
+    head = Head(args.cpus)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = checks.from_dict(spec(args))
+            where = Results(tmp, s.name)
+            sweep_lib.prepare_data(s)
+            sweep_lib.connect(head.address)
+            yield s, where, head
+    finally:
+        head.stop()
+
+
 class Memory(threading.Thread):
     """Resident memory of the driver, raylet and GCS every `every` seconds, with the
     number of trials in the results table so far (written as each trial ends)."""
@@ -78,12 +107,8 @@ class Memory(threading.Thread):
             self.sample()
 
     def sample(self) -> None:
-        import pandas as pd
-
-        try:
-            done = int(pd.read_parquet(self.table, columns=["trial_index"])
-                       ["trial_index"].nunique())
-        except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        done = trials_done(self.table)
+        if done is None:
             done = self.curve[-1]["trials_done"] if self.curve else 0
         row = {"t_s": round(time.monotonic() - self.t0, 1), "trials_done": done}
         for name, pid in self.pids.items():
@@ -167,29 +192,21 @@ def main() -> int:
     trace = Path(tempfile.mkdtemp()) / "trace.jsonl"
     os.environ["RAYTUNE_CTR_TRACE"] = str(trace)  # the head's processes inherit it
     peers = {"plain_tune": plain(args, False), "plain_tune_checkpoints": plain(args, True)}
-    head = Head(args.cpus)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            s = checks.from_dict(spec(args))
-            where = Results(tmp, s.name)
-            sweep_lib.prepare_data(s)
-            sweep_lib.connect(head.address)
-            memory = Memory(where.local / "trials.parquet", args.every)
-            memory.start()
-            t0, start = time.perf_counter(), time.time()
-            df = sweep_lib.run(s, where, address=head.address).trials
-            wall = time.perf_counter() - t0
-            memory.stop.set()
-            memory.join()
-            memory.sample()
+    with on_head(args) as (s, where, head):
+        memory = Memory(where.local / "trials.parquet", args.every)
+        memory.start()
+        t0, start = time.perf_counter(), time.time()
+        df = sweep_lib.run(s, where, address=head.address).trials
+        wall = time.perf_counter() - t0
+        memory.stop.set()
+        memory.join()
+        memory.sample()
 
-            import ray
+        import ray
 
-            cpus = ray.cluster_resources().get("CPU", 1.0)
-            ray.shutdown()  # the driver's own connection: not a leak of the sweep's
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        ray.shutdown()  # the driver's own connection: not a leak of the sweep's
         left = settled(head.api)
-    finally:
-        head.stop()
 
     status = df.groupby("trial_index")["status"].first()
     last = df.sort_values("epoch").groupby("trial_index").tail(1).set_index("trial_index")
